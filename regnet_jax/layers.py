@@ -1,0 +1,234 @@
+"""Building blocks of AnyNet as Flax linen modules: conv (formulation switch), batch norm, stems, blocks, SE, head.
+
+Submodule names are a contract (weight import and checkpoints depend on them): stem `stem/{conv,bn}`; blocks
+`a`, `a_bn`, `b`, `b_bn`, `se/{reduce,expand}`, `c`, `c_bn`, `proj`, `proj_bn`; head `head/{conv,conv_bn,fc}`.
+Initialisation follows pycls: conv kernels N(0, sqrt(2 / (k*k*w_out))) ignoring groups, BN scale 1 / bias 0,
+dense N(0, 0.01), biases 0.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from regnet_jax import convs
+
+Dtype = Any
+
+BN_MOMENTUM = 0.9  # PyTorch momentum 0.1
+BN_EPSILON = 1e-5
+
+
+def conv_init(k: int, features: int):
+  """pycls: fan-out normal init, deliberately ignoring groups."""
+  return nn.initializers.normal(stddev=math.sqrt(2.0 / (k * k * features)))
+
+
+class Conv(nn.Module):
+  """k x k conv, symmetric padding (k-1)//2 (pycls/torchvision, not 'SAME'), kernel HWIO like nn.Conv.
+
+  `conv_impl` picks the formulation (see `regnet_jax.convs`); every formulation uses this same parameter.
+  """
+
+  features: int
+  kernel_size: int
+  stride: int = 1
+  groups: int = 1
+  use_bias: bool = False
+  conv_impl: str = "auto"
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    k, cin = self.kernel_size, x.shape[-1]
+    if cin % self.groups or self.features % self.groups:
+      raise ValueError(f"conv {self.name}: groups={self.groups} must divide in={cin} and out={self.features}")
+    kernel = self.param("kernel", conv_init(k, self.features), (k, k, cin // self.groups, self.features),
+                        self.param_dtype)
+    y = convs.conv2d(x.astype(self.dtype), kernel.astype(self.dtype), stride=self.stride, groups=self.groups,
+                     impl=self.conv_impl)
+    if self.use_bias:
+      y = y + self.param("bias", nn.initializers.zeros, (self.features,), self.param_dtype).astype(self.dtype)
+    return y
+
+
+class BatchNorm(nn.Module):
+  """Batch norm with PyTorch semantics (eps 1e-5, momentum 0.1, unbiased running variance).
+
+  Under `jax.jit` over a data-sharded batch, statistics over the batch axis are global (synchronised BN).
+  `num_groups > 1` splits the batch into that many equal groups, each normalised with its own statistics: with
+  one group per device this reproduces per-device BN (pycls's default) on any number of devices.
+  Statistics are computed in float32 whatever the compute dtype.
+  """
+
+  use_running_average: bool
+  num_groups: int = 1
+  momentum: float = BN_MOMENTUM
+  epsilon: float = BN_EPSILON
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    c = x.shape[-1]
+    scale = self.param("scale", nn.initializers.ones, (c,), self.param_dtype).astype(jnp.float32)
+    bias = self.param("bias", nn.initializers.zeros, (c,), self.param_dtype).astype(jnp.float32)
+    ra_mean = self.variable("batch_stats", "mean", lambda: jnp.zeros((c,), jnp.float32))
+    ra_var = self.variable("batch_stats", "var", lambda: jnp.ones((c,), jnp.float32))
+    if self.use_running_average:
+      mul = scale * jax.lax.rsqrt(ra_var.value + self.epsilon)
+      return x * mul.astype(self.dtype) + (bias - ra_mean.value * mul).astype(self.dtype)
+
+    g = self.num_groups
+    if x.shape[0] % g:
+      raise ValueError(f"batch norm: batch {x.shape[0]} is not divisible into bn groups={g}")
+    xg = x.reshape((g, x.shape[0] // g) + x.shape[1:]).astype(jnp.float32)
+    axes = tuple(range(1, xg.ndim - 1))
+    mean = jnp.mean(xg, axis=axes, keepdims=True)
+    var = jnp.mean(jnp.square(xg - mean), axis=axes, keepdims=True)
+    if not self.is_initializing():
+      n = xg.size // (g * c)
+      unbiased = var * (n / max(n - 1, 1))
+      m = self.momentum
+      ra_mean.value = m * ra_mean.value + (1 - m) * jnp.mean(mean, axis=tuple(range(mean.ndim - 1)))
+      ra_var.value = m * ra_var.value + (1 - m) * jnp.mean(unbiased, axis=tuple(range(var.ndim - 1)))
+    mul = scale * jax.lax.rsqrt(var + self.epsilon)
+    y = x.reshape(xg.shape) * mul.astype(self.dtype) + (bias - mean * mul).astype(self.dtype)
+    return y.reshape(x.shape)
+
+
+class _Layers(nn.Module):
+  """Mixin: shared construction arguments and conv/BN factories, so every block builds layers the same way."""
+
+  train: bool = False
+  conv_impl: str = "auto"
+  bn_groups: int = 1
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  def conv(self, features, k, name, *, stride=1, groups=1, use_bias=False):
+    return Conv(features, k, stride=stride, groups=groups, use_bias=use_bias, conv_impl=self.conv_impl,
+                dtype=self.dtype, param_dtype=self.param_dtype, name=name)
+
+  def bn(self, name):
+    return BatchNorm(use_running_average=not self.train, num_groups=self.bn_groups, dtype=self.dtype,
+                     param_dtype=self.param_dtype, name=name)
+
+  def conv_bn(self, x, features, k, name, *, stride=1, groups=1, relu=True):
+    x = self.bn(f"{name}_bn")(self.conv(features, k, name, stride=stride, groups=groups)(x))
+    return nn.relu(x) if relu else x
+
+
+class Stem(_Layers):
+  """`simple`: 3x3 s2 conv-BN-ReLU; `res`: 7x7 s2 conv-BN-ReLU + 3x3 s2 max-pool; `cifar`: 3x3 s1 conv-BN-ReLU."""
+
+  stem_type: str = "simple"
+  width: int = 32
+
+  @nn.compact
+  def __call__(self, x):
+    k, stride = {"simple": (3, 2), "res": (7, 2), "cifar": (3, 1)}[self.stem_type]
+    x = nn.relu(self.bn("bn")(self.conv(self.width, k, "conv", stride=stride)(x)))
+    if self.stem_type == "res":
+      x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+    return x
+
+
+class SqueezeExcitation(nn.Module):
+  """Global pool -> 1x1 conv with bias (w -> w_se) -> ReLU -> 1x1 conv with bias -> sigmoid -> scale."""
+
+  w_se: int
+  conv_impl: str = "auto"
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    w = x.shape[-1]
+    kw = dict(use_bias=True, conv_impl=self.conv_impl, dtype=self.dtype, param_dtype=self.param_dtype)
+    s = jnp.mean(x, axis=(1, 2), keepdims=True)
+    s = nn.relu(Conv(self.w_se, 1, name="reduce", **kw)(s))
+    s = nn.sigmoid(Conv(w, 1, name="expand", **kw)(s))
+    return x * s
+
+
+class VanillaBlock(_Layers):
+  """[3x3(stride) BN ReLU] x 2, no residual."""
+
+  w_out: int = 0
+  stride: int = 1
+
+  @nn.compact
+  def __call__(self, x):
+    x = self.conv_bn(x, self.w_out, 3, "a", stride=self.stride)
+    return self.conv_bn(x, self.w_out, 3, "b")
+
+
+class _Residual(_Layers):
+  """ReLU(proj(x) + f(x)); proj is 1x1(stride) conv + BN, used iff the width or resolution changes."""
+
+  w_out: int = 0
+  stride: int = 1
+
+  def shortcut(self, x):
+    if x.shape[-1] != self.w_out or self.stride != 1:
+      return self.conv_bn(x, self.w_out, 1, "proj", stride=self.stride, relu=False)
+    return x
+
+
+class BasicBlock(_Residual):
+  """ReLU(proj(x) + [3x3(stride) BN ReLU 3x3 BN](x))."""
+
+  @nn.compact
+  def __call__(self, x):
+    y = self.conv_bn(x, self.w_out, 3, "a", stride=self.stride)
+    y = self.conv_bn(y, self.w_out, 3, "b", relu=False)
+    return nn.relu(self.shortcut(x) + y)
+
+
+class BottleneckBlock(_Residual):
+  """X block (Y with se_ratio > 0): 1x1 -> 3x3 grouped with the stride -> [SE] -> 1x1, plus shortcut.
+
+  The SE width is round(se_ratio * w_in) with w_in the block's INPUT width, not the bottleneck width: pycls does
+  this on purpose (pycls issues #80/#81) and its published complexities depend on it.
+  """
+
+  bot_mul: float = 1.0
+  group_w: int = 1
+  se_ratio: float = 0.0
+
+  @nn.compact
+  def __call__(self, x):
+    w_in = x.shape[-1]
+    w_b = int(round(self.w_out * self.bot_mul))
+    w_se = int(round(w_in * self.se_ratio))
+    y = self.conv_bn(x, w_b, 1, "a")
+    y = self.conv_bn(y, w_b, 3, "b", stride=self.stride, groups=w_b // self.group_w)
+    if w_se:
+      y = SqueezeExcitation(w_se, conv_impl=self.conv_impl, dtype=self.dtype, param_dtype=self.param_dtype,
+                            name="se")(y)
+    y = self.conv_bn(y, self.w_out, 1, "c", relu=False)
+    return nn.relu(self.shortcut(x) + y)
+
+
+BLOCKS = {"vanilla": VanillaBlock, "basic": BasicBlock, "bottleneck": BottleneckBlock}
+
+
+class Head(_Layers):
+  """[1x1 conv BN ReLU if head_w] -> global average pool -> dense with bias (pycls AnyHead). Logits in f32."""
+
+  num_classes: int = 1000
+  head_w: int = 0
+
+  @nn.compact
+  def __call__(self, x):
+    if self.head_w > 0:
+      x = self.conv_bn(x, self.head_w, 1, "conv")
+    x = jnp.mean(x.astype(jnp.float32), axis=(1, 2))
+    return nn.Dense(self.num_classes, kernel_init=nn.initializers.normal(0.01), bias_init=nn.initializers.zeros,
+                    dtype=jnp.float32, param_dtype=self.param_dtype, name="fc")(x)

@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# One-step set-up: a virtual environment in .venv with regnet_jax installed, plus Fashion-MNIST where the
+# Debian package can provide it. Usage: bash scripts/setup.sh [EXTRAS], e.g. `bash scripts/setup.sh test`.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+extras="${1:-}"
+python3 -m venv .venv
+.venv/bin/pip install -q -U pip
+if [ -n "$extras" ]; then
+  .venv/bin/pip install -q -e ".[$extras]"
+else
+  .venv/bin/pip install -q -e .
+fi
+# Fashion-MNIST's four IDX files from Debian (offline); without apt (or root) the TFDS download path is used.
+if [ ! -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ]; then
+  if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+    (apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist) >/dev/null \
+      || echo "note: apt-get could not install dataset-fashion-mnist; training will try TFDS" >&2
+  else
+    echo "note: Fashion-MNIST not in /usr/share/datasets/fashion-mnist; training will download it with TFDS" >&2
+  fi
+fi
