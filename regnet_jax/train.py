@@ -220,8 +220,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   writer = metrics_io.MetricsWriter(workdir, resume_step=None if config.eval_only else start_step)
 
   if config.eval_only:
-    result = {"step": int(state.step), **evaluate(eval_step, state, config, plan, info, mesh)}
-    writer.write(int(state.step), int(state.step) / plan.steps_per_epoch, result)
+    ev = evaluate(eval_step, state, config, plan, info, mesh)
+    writer.write(int(state.step), int(state.step) / plan.steps_per_epoch, ev)
+    result = {"step": int(state.step), **ev}
     writer.close()
     ckpt.close()
     logging.info(metrics_io.summary_line(result))
@@ -235,10 +236,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       start_step=start_step, process_index=jax.process_index(), process_count=jax.process_count(),
       image_size=config.image_size, num_workers=config.num_workers)
   run = _Run(config, plan, info, mesh, train_step, eval_step, ckpt, writer, schedule)
-  result = _loop(run, state, start_step, _prefetch(batches, mesh))
-  writer.close()
-  ckpt.close()
-  return result
+  try:
+    return _loop(run, state, start_step, _prefetch(batches, mesh))
+  finally:
+    # Also on errors: a checkpoint still being written in the background is completed, not lost.
+    batches.close()
+    writer.close()
+    ckpt.close()
 
 
 @dataclasses.dataclass(frozen=True)
