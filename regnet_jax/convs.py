@@ -1,89 +1,132 @@
-"""2-D convolution formulations that are numerically equal to a grouped `lax.conv_general_dilated`.
+"""2-D convolution in several numerically-equal formulations, selected by name.
 
-DRAFT - exploratory version with every candidate formulation.
+Why: XLA:CPU runs a `feature_group_count` convolution through a slow generic path; its kernel gradient is
+pathological (RegNetX32 train step ~10 img/s, see /work/shared/design/performance.md), and its strided data
+gradient and 1x1 convolutions are slow too. The formulations here compute the same function with operations XLA:CPU
+does well. They all take the same HWIO kernel that `flax.linen.Conv(feature_group_count=groups)` creates, so a
+model can switch between them without touching its parameters.
+
+Public impls (`CONV_IMPLS`):
+  xla         `lax.conv_general_dilated(feature_group_count=groups)`: the reference.
+  split       one dense conv per group, concatenated (cheapest on CPU for grouped stride-1 3x3).
+  im2col      k*k strided slices stacked, then one GEMM (per-group batched GEMM when grouped). For k=1 it is
+              a plain matmul (strided 1x1 = slice then matmul), the fastest 1x1 conv on CPU by 3-5x.
+  shift       sum over the k*k taps of a shifted view times that tap's weights: multiply-adds for depthwise
+              (group width 1), a (grouped) matmul per tap otherwise. Best forward for depthwise.
+  custom_vjp  a `jax.custom_vjp` whose forward pass, data gradient and kernel gradient are each computed in the
+              formulation XLA:CPU does best for the layer's shape (`custom_plan` says which). Not
+              forward-mode differentiable (jvp / jacfwd raise); reverse mode (grad, vjp) of first order only.
+  auto        resolved per platform and layer shape by `resolve_impl`.
+
+Private building blocks, used by `custom_vjp` plans (and tested like the public ones):
+  polyphase   a stride-s conv as the sum of s*s stride-1 convs, one per input phase (x[a::s, b::s]) with the
+              sub-kernel w[a::s, b::s]. Its transpose (the data gradient) avoids XLA's slow lhs-dilated conv.
+  blockdiag   one dense conv with a block-diagonal (Cin, Cout) kernel; its kernel gradient is one dense
+              gradient (groups x the flops) whose diagonal blocks are kept. Wins for 2 groups at large spatial.
+
+Precision: f32 inputs compute in f32 (CPU dots and convs are full f32 unless a caller lowers
+`jax_default_matmul_precision`). bf16/f16 inputs accumulate in f32 (`preferred_element_type`) and the result is
+cast to x.dtype once, so sums over taps/phases are not rounded term by term.
 """
 from __future__ import annotations
+
+import functools
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
 from jax import lax
 
 _DN = ("NHWC", "HWIO", "NHWC")
+_LOW_PRECISION = (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
 
 
 def _geometry(x, kernel, stride, groups):
+  """Validates shapes; returns (n, h, w, cin, k, cin_g, cout, ho, wo)."""
+  if x.ndim != 4 or kernel.ndim != 4:
+    raise ValueError(f"expected x NHWC and kernel HWIO, got shapes {x.shape} and {kernel.shape}")
   n, h, w, cin = x.shape
   k, k2, cin_g, cout = kernel.shape
   if k != k2 or k % 2 == 0:
-    raise ValueError(f"kernel must be square with an odd size, got {kernel.shape[:2]}")
-  if groups < 1 or cin % groups or cout % groups or cin // groups != cin_g:
-    raise ValueError(
-        f"groups={groups} incompatible with x channels {cin} and kernel shape {kernel.shape}")
+    raise ValueError(f"kernel must be square with an odd size, got spatial shape {kernel.shape[:2]}")
+  if not isinstance(stride, int) or stride < 1:
+    raise ValueError(f"stride must be a positive int, got {stride!r}")
+  if (not isinstance(groups, int) or groups < 1 or cin % groups or cout % groups
+      or cin // groups != cin_g):
+    raise ValueError(f"groups={groups!r} does not fit x channels {cin} and kernel shape {kernel.shape} "
+                     f"(need Cin % groups == 0, Cout % groups == 0, kernel in-channels == Cin // groups)")
   ho = (h - 1) // stride + 1
   wo = (w - 1) // stride + 1
   return n, h, w, cin, k, cin_g, cout, ho, wo
 
 
 def _acc_dtype(dtype):
-  return jnp.float32 if dtype in (jnp.bfloat16, jnp.float16) else None
+  """Accumulation dtype for dots/convs: f32 for 16-bit floats, None (= the input dtype) otherwise."""
+  return jnp.float32 if jnp.dtype(dtype) in _LOW_PRECISION else None
 
 
-def _conv_xla(x, kernel, stride, groups):
-  p = (kernel.shape[0] - 1) // 2
+def _conv(x, kernel, stride, padding, groups=1):
   return lax.conv_general_dilated(
-      x, kernel, (stride, stride), ((p, p), (p, p)),
-      dimension_numbers=_DN, feature_group_count=groups)
+      x, kernel, (stride, stride), padding, dimension_numbers=_DN, feature_group_count=groups,
+      preferred_element_type=_acc_dtype(x.dtype))
 
 
-def _conv_split(x, kernel, stride, groups):
+def _sym_pad(k):
+  p = (k - 1) // 2
+  return ((p, p), (p, p))
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Formulations. Each: f(x, kernel, stride, groups) -> y in the accumulation dtype (cast by the caller).
+
+def _xla(x, kernel, stride, groups):
+  return _conv(x, kernel, stride, _sym_pad(kernel.shape[0]), groups)
+
+
+def _split(x, kernel, stride, groups):
   if groups == 1:
-    return _conv_xla(x, kernel, stride, 1)
+    return _xla(x, kernel, stride, 1)
+  pad = _sym_pad(kernel.shape[0])
   xs = jnp.split(x, groups, axis=-1)
   ks = jnp.split(kernel, groups, axis=-1)
-  return jnp.concatenate([_conv_xla(a, b, stride, 1) for a, b in zip(xs, ks)], axis=-1)
+  return jnp.concatenate([_conv(a, b, stride, pad) for a, b in zip(xs, ks)], axis=-1)
 
 
 def _taps(x, k, stride, ho, wo):
-  """The k*k shifted (and strided) views of the padded input, each (N, Ho, Wo, C)."""
+  """The k*k views x_pad[i::stride, j::stride] (row-major over (i, j)), each (N, Ho, Wo, C)."""
   p = (k - 1) // 2
   if p:
     x = jnp.pad(x, ((0, 0), (p, p), (p, p), (0, 0)))
   n, _, _, c = x.shape
-  out = []
-  for i in range(k):
-    for j in range(k):
-      out.append(lax.slice(
-          x, (0, i, j, 0), (n, i + stride * (ho - 1) + 1, j + stride * (wo - 1) + 1, c),
-          (1, stride, stride, 1)))
-  return out
+  return [lax.slice(x, (0, i, j, 0), (n, i + stride * (ho - 1) + 1, j + stride * (wo - 1) + 1, c),
+                    (1, stride, stride, 1))
+          for i in range(k) for j in range(k)]
 
 
-def _conv_im2col(x, kernel, stride, groups):
-  n, h, w, cin, k, cin_g, cout, ho, wo = _geometry(x, kernel, stride, groups)
+def _im2col(x, kernel, stride, groups):
+  n, _, _, _, k, cin_g, cout, ho, wo = _geometry(x, kernel, stride, groups)
   taps = _taps(x, k, stride, ho, wo)
   t = k * k
-  patches = taps[0][..., None, :] if t == 1 else jnp.stack(taps, axis=-2)  # N,Ho,Wo,T,Cin
-  cout_g = cout // groups
   acc = _acc_dtype(x.dtype)
+  patches = taps[0] if t == 1 else jnp.stack(taps, axis=-2)  # (N, Ho, Wo, [T,] Cin), T-major
   if groups == 1:
-    y = lax.dot_general(patches.reshape(n * ho * wo, t * cin), kernel.reshape(t * cin, cout),
+    y = lax.dot_general(patches.reshape(n * ho * wo, t * cin_g), kernel.reshape(t * cin_g, cout),
                         (((1,), (0,)), ((), ())), preferred_element_type=acc)
   else:
-    p5 = patches.reshape(n, ho, wo, t, groups, cin_g)
-    k4 = kernel.reshape(t, cin_g, groups, cout_g)
-    y = jnp.einsum("nhwtgc,tcgo->nhwgo", p5, k4, preferred_element_type=acc)
-  return y.reshape(n, ho, wo, cout).astype(x.dtype)
+    cout_g = cout // groups
+    y = jnp.einsum("mtgc,tcgo->mgo", patches.reshape(n * ho * wo, t, groups, cin_g),
+                   kernel.reshape(t, cin_g, groups, cout_g), preferred_element_type=acc)
+  return y.reshape(n, ho, wo, cout)
 
 
-def _conv_shift(x, kernel, stride, groups):
-  n, h, w, cin, k, cin_g, cout, ho, wo = _geometry(x, kernel, stride, groups)
-  taps = _taps(x, k, stride, ho, wo)
+def _shift(x, kernel, stride, groups):
+  n, _, _, _, k, cin_g, cout, ho, wo = _geometry(x, kernel, stride, groups)
   cout_g = cout // groups
   acc_dt = _acc_dtype(x.dtype) or x.dtype
   kt = kernel.reshape(k * k, cin_g, cout)
-  acc = None
-  for t, xt in enumerate(taps):
-    if cin_g == 1:  # depthwise (channel multiplier cout_g)
+  y = None
+  for t, xt in enumerate(_taps(x, k, stride, ho, wo)):
+    if cin_g == 1:  # depthwise, channel multiplier cout_g: elementwise multiply-add
       xr = jnp.repeat(xt, cout_g, axis=-1) if cout_g > 1 else xt
       term = xr.astype(acc_dt) * kt[t, 0].astype(acc_dt)
     elif groups == 1:
@@ -92,67 +135,162 @@ def _conv_shift(x, kernel, stride, groups):
       term = jnp.einsum("nhwgc,cgo->nhwgo", xt.reshape(n, ho, wo, groups, cin_g),
                         kt[t].reshape(cin_g, groups, cout_g),
                         preferred_element_type=acc_dt).reshape(n, ho, wo, cout)
-    acc = term if acc is None else acc + term
-  return acc.astype(x.dtype)
+    y = term if y is None else y + term
+  return y
 
 
-def _conv_blockdiag(x, kernel, stride, groups):
+def _blockdiag(x, kernel, stride, groups):
   if groups == 1:
-    return _conv_xla(x, kernel, stride, 1)
+    return _xla(x, kernel, stride, 1)
   k, _, cin_g, cout = kernel.shape
-  kk = kernel.reshape(k, k, cin_g, groups, cout // groups)
   eye = jnp.eye(groups, dtype=kernel.dtype)
-  dense = jnp.einsum("abcgo,hg->abhcgo", kk, eye).reshape(k, k, groups * cin_g, cout)
-  return _conv_xla(x, dense, stride, 1)
+  dense = jnp.einsum("abcgo,hg->abhcgo", kernel.reshape(k, k, cin_g, groups, cout // groups), eye)
+  return _xla(x, dense.reshape(k, k, groups * cin_g, cout), stride, 1)
 
 
-_IMPLS = {
-    "xla": _conv_xla,
-    "split": _conv_split,
-    "im2col": _conv_im2col,
-    "shift": _conv_shift,
-    "blockdiag": _conv_blockdiag,
+def _polyphase(x, kernel, stride, groups):
+  if stride == 1:
+    return _split(x, kernel, 1, groups)
+  n, h, w, cin, k, _, _, ho, wo = _geometry(x, kernel, stride, groups)
+  s, p = stride, (k - 1) // 2
+  # Output row r reads padded rows s*r + i, i < k; phase a holds rows a, a+s, ...; it needs ho + (k-1-a)//s rows.
+  hp, wp = s * (ho + (k - 1) // s), s * (wo + (k - 1) // s)
+  xp = jnp.pad(x, ((0, 0), (p, max(hp - h - p, 0)), (p, max(wp - w - p, 0)), (0, 0)))
+  y = None
+  for a in range(min(s, k)):
+    ka = len(range(a, k, s))
+    for b in range(min(s, k)):
+      kb = len(range(b, k, s))
+      phase = lax.slice(xp, (0, a, b, 0), (n, a + s * (ho + ka - 2) + 1, b + s * (wo + kb - 2) + 1, cin),
+                        (1, s, s, 1))  # (N, ho + ka - 1, wo + kb - 1, Cin)
+      term = _split_valid(phase, kernel[a::s, b::s], groups)
+      y = term if y is None else y + term
+  return y
+
+
+def _split_valid(x, kernel, groups):
+  if groups == 1:
+    return _conv(x, kernel, 1, "VALID")
+  xs = jnp.split(x, groups, axis=-1)
+  ks = jnp.split(kernel, groups, axis=-1)
+  return jnp.concatenate([_conv(a, b, 1, "VALID") for a, b in zip(xs, ks)], axis=-1)
+
+
+_FORMULATIONS: dict[str, Callable] = {
+    "xla": _xla,
+    "split": _split,
+    "im2col": _im2col,
+    "shift": _shift,
+    "polyphase": _polyphase,
+    "blockdiag": _blockdiag,
 }
-CONV_IMPLS = tuple(_IMPLS)
 
 
-def resolve_impl(impl, *, k, stride, groups, cin, cout, spatial, backend=None):
-  if impl in _IMPLS:
+# --------------------------------------------------------------------------------------------------------------
+# custom_vjp: forward, data gradient and kernel gradient each in its own formulation.
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
+def _planned(x, kernel, stride, groups, plan):
+  return _FORMULATIONS[plan[0]](x, kernel, stride, groups).astype(x.dtype)
+
+
+def _planned_fwd(x, kernel, stride, groups, plan):
+  return _planned(x, kernel, stride, groups, plan), (x, kernel)
+
+
+def _planned_bwd(stride, groups, plan, res, dy):
+  x, kernel = res
+  dx_form, dw_form = _FORMULATIONS[plan[1]], _FORMULATIONS[plan[2]]
+  # Each formulation is linear in x (kernel fixed) and in kernel (x fixed): transpose that linear map.
+  dx, = jax.linear_transpose(lambda a: dx_form(a, kernel, stride, groups).astype(x.dtype), x)(dy)
+  dw, = jax.linear_transpose(lambda b: dw_form(x, b, stride, groups).astype(x.dtype), kernel)(dy)
+  return dx, dw
+
+
+_planned.defvjp(_planned_fwd, _planned_bwd)
+
+
+_STEM_MAX_CIN = 4  # dense convs with at most this many input channels (RGB / gray stems) are GEMMs over patches
+
+
+def custom_plan(*, k, stride, groups, cin, cout, spatial, backend=None):
+  """(forward, data-gradient, kernel-gradient) formulations that impl="custom_vjp" uses for a layer shape.
+
+  Chosen from CPU measurements (benchmarks/conv_microbench.py); the same plan is used on any backend when
+  custom_vjp is asked for explicitly (auto does not pick custom_vjp off CPU).
+  """
+  del cout, spatial, backend
+  cin_g = cin // groups
+  if k == 1 or (groups == 1 and cin <= _STEM_MAX_CIN):
+    return ("im2col", "im2col", "im2col")  # matmuls (GEMM over k*k*Cin <= 36 patches for a stem)
+  if groups == 1:
+    # Dense: XLA's dense conv and its gradients are fine at stride 1; at stride 2 its data gradient is an
+    # lhs-dilated conv (slow), the transpose of the polyphase form is 4 stride-1 convs.
+    return ("xla", "xla" if stride == 1 else "polyphase", "xla")
+  if cin_g == 1:
+    # Depthwise: multiply-adds forward, col2im of a broadcast multiply for dx, per-channel convs for dw.
+    return ("shift", "im2col", "split")
+  # Grouped: per-group dense convs; at stride > 1 the polyphase transpose for dx, and with 2 groups one
+  # dense kernel gradient (2x the flops, no channel split of x) beats two.
+  if stride == 1:
+    return ("split", "split", "split")
+  return ("split", "polyphase", "blockdiag" if groups <= 2 else "split")
+
+
+def _custom_vjp(x, kernel, stride, groups):
+  plan = custom_plan(k=kernel.shape[0], stride=stride, groups=groups, cin=x.shape[-1], cout=kernel.shape[-1],
+                     spatial=x.shape[1:3])
+  return _planned(x, kernel, stride, groups, plan)
+
+
+_PUBLIC: dict[str, Callable] = {
+    "xla": _xla,
+    "split": _split,
+    "im2col": _im2col,
+    "shift": _shift,
+    "custom_vjp": _custom_vjp,
+}
+CONV_IMPLS: tuple[str, ...] = tuple(_PUBLIC)
+
+
+# --------------------------------------------------------------------------------------------------------------
+
+def resolve_impl(impl: str, *, k, stride, groups, cin, cout, spatial, backend=None) -> str:
+  """The concrete impl that `impl` means for this layer; "auto" picks per platform and shape.
+
+  spatial: input height (int) or (height, width); backend: defaults to jax.default_backend().
+  """
+  if impl in _PUBLIC:
     return impl
   if impl != "auto":
     raise ValueError(f"unknown conv impl {impl!r}; known: {', '.join(CONV_IMPLS + ('auto',))}")
+  backend = backend or jax.default_backend()
+  cin_g = cin // groups
+  if backend == "cpu":
+    # Measured on a 2-core CPU (benchmarks/conv_microbench.py, numbers in the module docstring of that file).
+    if k == 1 or (groups == 1 and cin <= _STEM_MAX_CIN):
+      return "im2col"
+    if groups > 1 and cin_g > 1 and (stride == 1 or groups > 2):
+      return "split"
+    if groups == 1 and stride == 1:
+      return "xla"
+    return "custom_vjp"  # strided dense, depthwise, strided 2-group
+  # GPU / TPU: NOT measured (no accelerator here). Vendor convs (cuDNN, TPU conv units) are good for dense and
+  # 1x1 convs, so keep xla there. jax#13800 / jax#26266 report grouped and depthwise backward passes on CUDA as
+  # slow as (or slower than) the dense conv, so for a few groups a dense cuDNN conv per group (split) should win;
+  # with many groups split launches too many small kernels, keep xla. TPU: XLA lowers grouped convs itself; xla.
+  if backend in ("gpu", "cuda", "rocm") and groups > 1 and cin_g > 1 and groups <= 8:
+    return "split"
   return "xla"
 
 
-def conv2d(x, kernel, *, stride=1, groups=1, impl="xla"):
-  _geometry(x, kernel, stride, groups)
-  impl = resolve_impl(impl, k=kernel.shape[0], stride=stride, groups=groups, cin=x.shape[-1],
-                      cout=kernel.shape[-1], spatial=x.shape[1:3])
-  return _IMPLS[impl](x, kernel, stride, groups)
+def conv2d(x, kernel, *, stride: int = 1, groups: int = 1, impl: str = "xla"):
+  """2-D convolution, NHWC input, HWIO kernel (k, k, Cin // groups, Cout), symmetric padding (k-1)//2.
 
-
-def _s2d(x, kernel, stride, groups):
-  """Stride-2 conv as a stride-1 (k+1)//2 conv on a space-to-depth input; split per group."""
-  if stride == 1:
-    return _conv_split(x, kernel, stride, groups)
-  assert stride == 2
-  n, h, w, cin, k, cin_g, cout, ho, wo = _geometry(x, kernel, stride, groups)
-  p = (k - 1) // 2
-  kk = (k + 1) // 2
-  hp, wp = 2 * (ho + kk - 1), 2 * (wo + kk - 1)
-  xp = jnp.pad(x, ((0, 0), (p, hp - h - p), (p, wp - w - p), (0, 0)))
-  xs = xp.reshape(n, hp // 2, 2, wp // 2, 2, groups, cin_g).transpose(0, 1, 3, 5, 2, 4, 6)
-  xs = xs.reshape(n, hp // 2, wp // 2, groups * 4 * cin_g)
-  kp = jnp.pad(kernel, ((0, 2 * kk - k), (0, 2 * kk - k), (0, 0), (0, 0)))
-  kp = kp.reshape(kk, 2, kk, 2, cin_g, cout).transpose(0, 2, 1, 3, 4, 5).reshape(kk, kk, 4 * cin_g, cout)
-  def one(a, b):
-    return lax.conv_general_dilated(a, b, (1, 1), "VALID", dimension_numbers=_DN)
-  if groups == 1:
-    return one(xs, kp)
-  xg = jnp.split(xs, groups, axis=-1)
-  kg = jnp.split(kp, groups, axis=-1)
-  return jnp.concatenate([one(a, b) for a, b in zip(xg, kg)], axis=-1)
-
-
-_IMPLS["s2d"] = _s2d
-CONV_IMPLS = tuple(_IMPLS)
+  Output (N, (H-1)//stride+1, (W-1)//stride+1, Cout) in x.dtype. impl: one of CONV_IMPLS or "auto".
+  """
+  _, h, w, cin, k, _, cout, _, _ = _geometry(x, kernel, stride, groups)
+  name = resolve_impl(impl, k=k, stride=stride, groups=groups, cin=cin, cout=cout, spatial=(h, w))
+  if name == "custom_vjp":
+    return _custom_vjp(x, kernel, stride, groups)
+  return _PUBLIC[name](x, kernel, stride, groups).astype(x.dtype)
