@@ -14,6 +14,7 @@ from regnet_jax.optim import SCHEDULES
 
 DATASETS = ("fashion_mnist", "cifar10", "imagenet2012")
 AUGMENTS = ("none", "flip", "crop_flip", "imagenet")
+CHANNEL_ORDERS = ("RGB", "BGR")
 CONV_IMPL_DEFAULT = "auto"
 
 
@@ -32,6 +33,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.image_size = 96
   c.augment = "none"
   c.eval_resize = 0  # imagenet eval: resize shorter side to this, then centre crop image_size; 0 = image_size*256/224
+  c.channel_order = "RGB"  # what the model's stem sees; "BGR" for pycls weights converted without --rgb_input
   c.num_workers = 0  # grain worker processes for host decoding (ImageNet)
   # Optimisation (pycls defaults, see regnet_jax/optim.py).
   c.batch_size = 128  # global, over all devices and hosts
@@ -74,6 +76,8 @@ def validate(c: ml_collections.ConfigDict) -> None:
     _fail("dataset", c.dataset, f"one of {', '.join(DATASETS)}")
   if c.augment not in AUGMENTS:
     _fail("augment", c.augment, f"one of {', '.join(AUGMENTS)}")
+  if c.channel_order not in CHANNEL_ORDERS:
+    _fail("channel_order", c.channel_order, f"one of {', '.join(CHANNEL_ORDERS)}")
   if c.lr_schedule not in SCHEDULES:
     _fail("lr_schedule", c.lr_schedule, f"one of {', '.join(SCHEDULES)}")
   positive = ("image_size", "batch_size", "num_epochs", "checkpoint_every_steps", "log_every_steps",

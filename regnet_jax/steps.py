@@ -36,10 +36,12 @@ class StepConfig:
   image_size: int
   augment: str = "none"
   label_smoothing: float = 0.0
+  channel_order: str = "RGB"
 
 
-def _variables(state_or_params, batch_stats=None):
-  return {"params": state_or_params, "batch_stats": batch_stats}
+def _to_channel_order(images, cfg: StepConfig):
+  # Normalising in RGB then reversing equals pycls's BGR normalisation with BGR statistics.
+  return images[..., ::-1] if cfg.channel_order == "BGR" else images
 
 
 def cross_entropy(logits, labels, num_classes: int, label_smoothing: float = 0.0):
@@ -80,8 +82,8 @@ def abstract_train_state(rng, mesh, **kwargs):
 def train_step(state: TrainState, batch, *, model, tx, info, cfg: StepConfig):
   """One SGD step: on-device preprocessing, forward, backward, optimiser update, BN statistics."""
   rng = jax.random.fold_in(state.rng, state.step)
-  images = preprocess.train_preprocess(batch["image"], rng, info=info, image_size=cfg.image_size,
-                                       augment=cfg.augment)
+  images = _to_channel_order(preprocess.train_preprocess(batch["image"], rng, info=info, image_size=cfg.image_size,
+                                                         augment=cfg.augment), cfg)
   labels = batch["label"]
 
   def loss_fn(params):
@@ -100,7 +102,7 @@ def train_step(state: TrainState, batch, *, model, tx, info, cfg: StepConfig):
 
 def eval_step(params, batch_stats, batch, *, model, info, cfg: StepConfig):
   """Sums (not means) over the real examples of a padded batch: the host adds them up over the whole split."""
-  images = preprocess.eval_preprocess(batch["image"], info=info, image_size=cfg.image_size)
+  images = _to_channel_order(preprocess.eval_preprocess(batch["image"], info=info, image_size=cfg.image_size), cfg)
   logits = model.apply({"params": params, "batch_stats": batch_stats}, images, train=False)
   mask = batch["mask"].astype(jnp.float32)
   loss = cross_entropy(logits, batch["label"], info.num_classes)

@@ -198,7 +198,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   model = build_model(config, info)
   tx = optim.make_optimizer(config, plan.steps_per_epoch)
   step_cfg = steps.StepConfig(image_size=config.image_size, augment=config.augment,
-                              label_smoothing=config.label_smoothing)
+                              label_smoothing=config.label_smoothing, channel_order=config.channel_order)
   init_kwargs = dict(model=model, tx=tx, info=info, image_size=config.image_size)
   rng = jax.random.key(config.seed)
   abstract = steps.abstract_train_state(rng, mesh, **init_kwargs)
