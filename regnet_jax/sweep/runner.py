@@ -1,0 +1,158 @@
+"""Run a sweep: sample its trials, train each with the sweep's short recipe, record one line per finished trial.
+
+A sweep config (ml_collections, see configs/sweeps/) holds:
+  name     the sweep's name (recorded in every line; results of other sweeps in the same file are ignored)
+  seed     sampling seed
+  regime   flops / params / acts bounds ((low, high) or None) and the input geometry image_size, channels,
+           num_classes at which complexity is measured
+  spaces   ordered {space name: {n: models, [base | kind, space field overrides]}} (see spaces.space_from_dict)
+  train    the training config every trial starts from; each trial sets `train.model_spec`
+
+Trial i (global index, spaces in config order) belongs to shard i % N. Reruns skip trials already recorded, so a
+crashed or preempted sweep resumes where it stopped, and shards in separate directories merge by reading them all.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import logging
+import os
+import socket
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from regnet_jax.sweep.results import append_record, read_records, results_path
+from regnet_jax.sweep.sampling import Regime, Sample, sample_space
+from regnet_jax.sweep.spaces import space_from_dict
+from regnet_jax.sweep.specs_io import regnet_to_dict, spec_to_dict, spec_to_json
+
+TrainFn = Callable[[Any, str], Mapping[str, Any]]
+
+
+class SweepError(ValueError):
+  """A sweep config or workdir that cannot be run as asked."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Shard:
+  index: int = 0
+  count: int = 1
+
+  def __post_init__(self):
+    if not (self.count >= 1 and 0 <= self.index < self.count):
+      raise SweepError(f"shard {self.index}/{self.count} is invalid: need N >= 1 and 0 <= I < N (e.g. --shard=0/4)")
+
+  def owns(self, trial_index: int) -> bool:
+    return trial_index % self.count == self.index
+
+
+def parse_shard(text: str) -> Shard:
+  """'I/N' -> Shard(I, N)."""
+  try:
+    i, n = (int(p) for p in str(text).split("/"))
+  except ValueError:
+    raise SweepError(f"--shard={text!r} must look like I/N, e.g. 0/4 (shard I of N, 0-based)") from None
+  return Shard(i, n)
+
+
+@dataclasses.dataclass(frozen=True)
+class Trial:
+  index: int  # global position in the sweep; decides the shard
+  trial_id: str  # '<space>-<k>' with k the model's position within its space
+  sample: Sample
+
+
+def regime_from_config(config) -> Regime:
+  r = config.regime
+  bounds = {k: (tuple(r[k]) if r.get(k) is not None else None) for k in ("flops", "params", "acts")}
+  return Regime(**bounds, image_size=int(r.image_size), channels=int(r.channels), num_classes=int(r.num_classes))
+
+
+def plan_trials(config) -> tuple[Trial, ...]:
+  """Every trial of the sweep, deterministically from the config (same config, same trials, same order)."""
+  regime = regime_from_config(config)
+  train_size = config.train.get("image_size") if "train" in config else None
+  if train_size is not None and int(train_size) != regime.image_size:
+    raise SweepError(f"regime.image_size={regime.image_size} differs from train.image_size={train_size}: "
+                     "complexity must be measured at the size the models train at; set both to the same value")
+  trials = []
+  for name, entry in config.spaces.items():
+    entry = dict(entry.items())
+    if "n" not in entry or int(entry["n"]) < 1:
+      raise SweepError(f"spaces.{name} needs n >= 1 (models to sample), got {entry.get('n')!r}")
+    space = space_from_dict(name, entry)
+    for k, sample in enumerate(sample_space(space, int(entry["n"]), regime, int(config.seed))):
+      trials.append(Trial(len(trials), f"{name}-{k:03d}", sample))
+  return tuple(trials)
+
+
+def trial_train_config(train_config, sample: Sample):
+  """The sweep's training config with `model_spec` (JSON, see specs_io) set to the sampled model; the base config
+  is not modified."""
+  cfg = copy.deepcopy(train_config)
+  cfg.model_spec = spec_to_json(sample.spec)
+  return cfg
+
+
+def error_percent(accuracy) -> float:
+  return 100.0 * (1.0 - float(accuracy))
+
+
+def make_record(config, trial: Trial, metrics: Mapping[str, Any], seconds: float) -> dict[str, Any]:
+  s = trial.sample
+  final = metrics["eval_accuracy"]
+  best = metrics.get("best_eval_accuracy", final)
+  scalars = {}
+  for k, v in metrics.items():
+    try:
+      scalars[k] = float(v)
+    except (TypeError, ValueError):
+      continue
+  return {
+      "sweep": config.name, "trial": trial.trial_id, "index": trial.index, "space": s.space,
+      "spec": spec_to_dict(s.spec), "regnet": regnet_to_dict(s.regnet) if s.regnet is not None else None,
+      "flops": s.flops, "params": s.params, "acts": s.acts,
+      "final_error": error_percent(final), "best_error": error_percent(best),
+      "seconds": round(seconds, 3), "metrics": scalars, "host": socket.gethostname(), "finished_at": time.time(),
+  }
+
+
+def finished_trials(config, workdir: str) -> dict[str, dict[str, Any]]:
+  return {r["trial"]: r for r in read_records(results_path(workdir))
+          if r.get("sweep") == config.name and "trial" in r}
+
+
+def run_sweep(config, workdir: str, train_fn: TrainFn, shard: Shard = Shard(),
+              log: Callable[[str], None] = logging.info) -> list[dict[str, Any]]:
+  """Train this shard's unfinished trials in order; returns the records written by this call.
+
+  `train_fn(train_config, trial_workdir) -> metrics` must return `eval_accuracy` (and ideally `best_eval_accuracy`);
+  the CLI passes `regnet_jax.train.train_and_evaluate`. A trial the trainer reports as preempted is not recorded:
+  the sweep stops there, and the next run resumes that trial from its checkpoint.
+  """
+  trials = plan_trials(config)
+  done = finished_trials(config, workdir)
+  mine = [t for t in trials if shard.owns(t.index)]
+  for t in mine:
+    if t.trial_id in done and done[t.trial_id]["spec"] != spec_to_dict(t.sample.spec):
+      raise SweepError(f"{results_path(workdir)} records trial {t.trial_id} of sweep {config.name!r} with another "
+                       "model than the config samples now (the config changed since); use a new --workdir or "
+                       "restore the config")
+  todo = [t for t in mine if t.trial_id not in done]
+  log(f"sweep {config.name}: {len(trials)} trials, shard {shard.index}/{shard.count} owns {len(mine)}, "
+      f"{len(mine) - len(todo)} already finished, {len(todo)} to run")
+  written = []
+  for n, t in enumerate(todo, start=1):
+    start = time.perf_counter()
+    metrics = train_fn(trial_train_config(config.train, t.sample), os.path.join(workdir, "trials", t.trial_id))
+    if metrics.get("preempted"):
+      log(f"{t.trial_id} was preempted at step {metrics.get('step')}; rerun the same command to resume it")
+      break
+    record = make_record(config, t, metrics, time.perf_counter() - start)
+    append_record(results_path(workdir), record)
+    written.append(record)
+    log(f"[{n}/{len(todo)}] {t.trial_id}: best error {record['best_error']:.2f}%, final "
+        f"{record['final_error']:.2f}%, {record['flops'] / 1e6:.1f} MF, {record['seconds']:.0f} s")
+  return written
