@@ -1,0 +1,152 @@
+"""Benchmark the real jitted train (or eval) step of the training code on device-resident random data.
+
+  python -m regnet_jax.bench --model=regnetx32 --batch-size=128 --image-size=96 --channels=1 --num-classes=10 \
+      [--conv-impl=auto] [--half-precision] [--scan-blocks] [--mode=train|eval] [--steps=10] [--warmup=2] \
+      [--compare-torch] [--json]
+
+The step timed is `regnet_jax.steps.train_step` exactly as training runs it (on-device normalisation, forward,
+backward, SGD update, BN statistics, state donated); only the input is random uint8 images already on the device
+at the model's resolution. Prints compile seconds, median and min step seconds, img/s and peak RSS.
+`--compare-torch` also times the same network in PyTorch eager (channels_last) in a subprocess, in the same run,
+and prints the ratio.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from regnet_jax import anynet, config as config_lib, optim, sharding, steps, zoo
+from regnet_jax.data import DatasetInfo
+
+
+def synthetic_info(channels: int, num_classes: int) -> DatasetInfo:
+  return DatasetInfo(name="synthetic", num_classes=num_classes, channels=channels, num_train=1, num_eval=1,
+                     mean=(127.5,) * channels, std=(64.0,) * channels)
+
+
+def bench(model: str, *, batch_size: int = 128, image_size: int = 224, channels: int = 3, num_classes: int = 1000,
+          conv_impl: str = "auto", half_precision: bool = False, scan_blocks: bool = False, mode: str = "train",
+          steps_: int = 10, warmup: int = 2) -> dict:
+  spec = zoo.get_spec(model)
+  info = synthetic_info(channels, num_classes)
+  c = config_lib.base_config()
+  c.update(dict(model=model, conv_impl=conv_impl, half_precision=half_precision, scan_blocks=scan_blocks,
+                image_size=image_size, batch_size=batch_size))
+  config_lib.validate(c)
+  mesh = sharding.make_mesh()
+  sharding.check_global_batch(batch_size, mesh)
+  net = anynet.build_model(spec, num_classes=num_classes, conv_impl=conv_impl, scan_blocks=scan_blocks,
+                           dtype=jnp.bfloat16 if half_precision else jnp.float32)
+  tx = optim.make_optimizer(c, steps_per_epoch=1000)
+  kw = dict(model=net, tx=tx, info=info, image_size=image_size)
+  rng = jax.random.key(0)
+  state = steps.create_train_state(rng, mesh, **kw)
+  cfg = steps.StepConfig(image_size=image_size)
+  data = np.random.default_rng(0)
+  batch = sharding.global_batch({
+      "image": data.integers(0, 256, (batch_size, image_size, image_size, channels), dtype=np.uint8),
+      "label": data.integers(0, num_classes, (batch_size,), dtype=np.int32),
+      "mask": np.ones((batch_size,), bool)}, mesh)
+
+  if mode == "train":
+    abstract = steps.abstract_train_state(rng, mesh, **kw)
+    fn = steps.jit_train_step(mesh, abstract, model=net, tx=tx, info=info, cfg=cfg)
+    t = time.perf_counter()
+    compiled = fn.lower(state, batch).compile()
+    compile_s = time.perf_counter() - t
+
+    def run(state):
+      state, metrics = compiled(state, batch)
+      jax.block_until_ready(metrics)
+      return state
+  else:
+    fn = steps.jit_eval_step(mesh, model=net, info=info, cfg=cfg)
+    t = time.perf_counter()
+    compiled = fn.lower(state.params, state.batch_stats, batch).compile()
+    compile_s = time.perf_counter() - t
+
+    def run(state):
+      jax.block_until_ready(compiled(state.params, state.batch_stats, batch))
+      return state
+
+  for _ in range(warmup):
+    state = run(state)
+  times = []
+  for _ in range(steps_):
+    t = time.perf_counter()
+    state = run(state)
+    times.append(time.perf_counter() - t)
+  med = statistics.median(times)
+  return {"model": model, "mode": mode, "batch_size": batch_size, "image_size": image_size, "channels": channels,
+          "num_classes": num_classes, "conv_impl": conv_impl, "half_precision": half_precision,
+          "scan_blocks": scan_blocks, "steps": steps_, "warmup": warmup, "backend": jax.default_backend(),
+          "devices": jax.device_count(), "jax": jax.__version__, "compile_s": compile_s, "step_s_median": med,
+          "step_s_min": min(times), "img_per_s": batch_size / med,
+          "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+
+
+def torch_reference(args) -> dict:
+  """PyTorch eager channels_last on the same network, in its own process (own RSS, own threads)."""
+  cmd = [sys.executable, "-m", "regnet_jax.torch_reference", f"--model={args.model}",
+         f"--batch-size={args.batch_size}", f"--image-size={args.image_size}", f"--channels={args.channels}",
+         f"--num-classes={args.num_classes}", f"--steps={args.steps}", f"--warmup={args.warmup}",
+         f"--mode={args.mode}", "--json"]
+  out = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ))
+  if out.returncode:
+    raise RuntimeError(f"PyTorch reference failed (install the compare extra: pip install -e '.[compare]'):\n"
+                       f"{out.stderr[-2000:]}")
+  return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main(argv=None) -> int:
+  p = argparse.ArgumentParser(prog="python -m regnet_jax.bench", description=__doc__.split("\n")[0])
+  p.add_argument("--model", required=True, help="zoo name")
+  p.add_argument("--batch-size", type=int, default=128)
+  p.add_argument("--image-size", type=int, default=224)
+  p.add_argument("--channels", type=int, default=3)
+  p.add_argument("--num-classes", type=int, default=1000)
+  p.add_argument("--conv-impl", default="auto")
+  p.add_argument("--half-precision", action="store_true", help="bf16 compute, f32 parameters")
+  p.add_argument("--scan-blocks", action="store_true", help="nn.scan over identical blocks")
+  p.add_argument("--mode", choices=("train", "eval"), default="train")
+  p.add_argument("--steps", type=int, default=10, help="timed steps (median and min reported)")
+  p.add_argument("--warmup", type=int, default=2, help="untimed steps after compilation")
+  p.add_argument("--compare-torch", action="store_true", help="also time PyTorch eager channels_last")
+  p.add_argument("--json", action="store_true")
+  a = p.parse_args(argv)
+  try:
+    r = bench(a.model, batch_size=a.batch_size, image_size=a.image_size, channels=a.channels,
+              num_classes=a.num_classes, conv_impl=a.conv_impl, half_precision=a.half_precision,
+              scan_blocks=a.scan_blocks, mode=a.mode, steps_=a.steps, warmup=a.warmup)
+  except (KeyError, ValueError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+  if a.compare_torch:
+    r["torch"] = torch_reference(a)
+    r["ratio_to_torch"] = r["img_per_s"] / r["torch"]["img_per_s"]
+  if a.json:
+    print(json.dumps(r))
+  else:
+    print(f"{r['model']} {r['mode']} batch {r['batch_size']} {r['image_size']}x{r['image_size']}x{r['channels']} "
+          f"conv_impl={r['conv_impl']}{' bf16' if r['half_precision'] else ''}{' scan' if r['scan_blocks'] else ''}"
+          f": compile {r['compile_s']:.1f} s | step median {r['step_s_median']:.3f} s (min {r['step_s_min']:.3f}) "
+          f"| {r['img_per_s']:.1f} img/s | peak RSS {r['peak_rss_mb']:.0f} MB")
+    if a.compare_torch:
+      t = r["torch"]
+      print(f"  {t['impl']} (torch {t['torch']}): {t['img_per_s']:.1f} img/s -> ratio {r['ratio_to_torch']:.2f}x")
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

@@ -1,0 +1,52 @@
+"""The benchmark times the real training step, and its PyTorch reference is the same network."""
+
+import json
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from regnet_jax import anynet, bench, zoo
+
+
+def test_bench_reports_the_step():
+  r = bench.bench("regnetx32", batch_size=8, image_size=32, channels=1, num_classes=10, steps_=2, warmup=1)
+  assert r["model"] == "regnetx32" and r["mode"] == "train" and r["conv_impl"] == "auto"
+  assert r["compile_s"] > 0 and 0 < r["step_s_min"] <= r["step_s_median"]
+  assert r["img_per_s"] == pytest.approx(8 / r["step_s_median"])
+  assert r["peak_rss_mb"] > 100
+
+
+def test_bench_cli_json_and_errors():
+  out = subprocess.run([sys.executable, "-m", "regnet_jax.bench", "--model=regnety32", "--batch-size=4",
+                        "--image-size=32", "--channels=1", "--num-classes=10", "--mode=eval", "--steps=1",
+                        "--warmup=0", "--json"], capture_output=True, text=True, check=True).stdout
+  r = json.loads(out)
+  assert {"img_per_s", "step_s_median", "compile_s", "peak_rss_mb", "conv_impl", "batch_size"} <= set(r)
+  assert r["mode"] == "eval"
+  bad = subprocess.run([sys.executable, "-m", "regnet_jax.bench", "--model=regnetx33"], capture_output=True,
+                       text=True)
+  assert bad.returncode == 2 and "closest: regnetx32" in bad.stderr
+
+
+@pytest.mark.parametrize("name", ["regnetx32", "regnety32"])
+def test_torch_reference_is_the_same_network(name):
+  torch = pytest.importorskip("torch")
+  from regnet_jax import torch_reference, weights
+  spec = zoo.get_spec(name)
+  net = torch_reference.build(spec, num_classes=10, in_channels=1).eval()
+  model = anynet.build_model(spec, num_classes=10, conv_impl="xla")
+  variables = jax.device_get(model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 1))))
+  rng = np.random.default_rng(0)
+  variables["batch_stats"] = jax.tree.map(lambda a: rng.uniform(0.5, 1.5, a.shape).astype(np.float32),
+                                          variables["batch_stats"])
+  state_dict = weights.to_torch_state_dict(variables, spec, "pycls")
+  net.load_state_dict({k: torch.as_tensor(np.array(v)) for k, v in state_dict.items()}, strict=True)
+  x = rng.normal(size=(2, 1, 32, 32)).astype(np.float32)
+  with torch.no_grad():
+    expected = net(torch.as_tensor(x)).numpy()
+  got = np.asarray(model.apply(variables, jnp.asarray(x.transpose(0, 2, 3, 1)), train=False))
+  np.testing.assert_allclose(got, expected, atol=1e-5, rtol=1e-5)
