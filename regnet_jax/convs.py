@@ -267,7 +267,17 @@ def resolve_impl(impl: str, *, k, stride, groups, cin, cout, spatial, backend=No
   backend = backend or jax.default_backend()
   cin_g = cin // groups
   if backend == "cpu":
-    # Measured on a 2-core CPU (benchmarks/conv_microbench.py, numbers in the module docstring of that file).
+    # From benchmarks/conv_microbench.py on a shared 2-core CPU (f32; ratios = time / xla, same run):
+    #   1x1 convs (any stride): im2col = matmul 0.12-0.6 (split/xla ~1.0).
+    #   dense 3x3 stem, Cin 1 or 3, stride 2: im2col 0.5-0.9.
+    #   dense 3x3 64->64 (not in RegNet): xla best at stride 1 (im2col ~2x slower); at stride 2 the
+    #     custom plan (xla fwd, polyphase dx, xla dw) 0.67.
+    #   grouped 3x3 stride 1: split 0.01-0.09 (im2col/shift 0.1-0.4); custom_vjp plan = split.
+    #   grouped 3x3 stride 2, 2 groups at 48/112 px: custom_vjp 0.16-0.19 vs split 0.27-0.33 (0.5-0.6 of split).
+    #   grouped 3x3 stride 2, 4-24 groups: custom_vjp (polyphase dx) = split within noise -> split (simpler).
+    #   depthwise 3x3 (not in RegNet X): custom (shift fwd, im2col dx, split dw) 0.3-0.5 of shift alone.
+    #   conv-only RegNetX32 / regnetx_400mf nets, value_and_grad: auto and custom_vjp tie (run-to-run spread
+    #   larger than their difference), uniform split ~1.8x and uniform im2col ~2-2.3x slower, xla ~12x slower.
     if k == 1 or (groups == 1 and cin <= _STEM_MAX_CIN):
       return "im2col"
     if groups > 1 and cin_g > 1 and (stride == 1 or groups > 2):
