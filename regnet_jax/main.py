@@ -20,9 +20,9 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   from regnet_jax import distributed, train
-  distributed.initialize_from_env()
   logging.set_verbosity(logging.INFO)
   try:
+    distributed.initialize_from_env()
     train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
   except train.USER_ERRORS as e:
     # Bad input: say what was wrong and how to fix it, without a traceback; nothing already saved is lost.

@@ -154,6 +154,27 @@ def _check_finite(step: int, losses: list) -> None:
         "and rerun; the run resumes from that checkpoint.")
 
 
+@jax.jit
+def _nonfinite_leaves(tree) -> jax.Array:
+  return jnp.stack([jnp.logical_not(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves(tree)])
+
+
+def _check_state_finite(step: int, state) -> None:
+  """A finite loss does not prove a finite state: in XLA:CPU's fused kernels ReLU can map NaN to 0 (measured: a
+  state with all-NaN block weights gave finite logits under jit, NaN op by op), so a block whose parameters became
+  NaN is silently switched off and the loss stays finite. Checked before every checkpoint, so no checkpoint ever
+  holds NaN/Inf."""
+  tree = {"params": state.params, "batch_stats": state.batch_stats, "opt_state": state.opt_state}
+  bad = np.asarray(jax.device_get(_nonfinite_leaves(tree)))
+  if bad.any():
+    paths = [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_leaves_with_path(tree)]
+    names = [n for n, b in zip(paths, bad) if b]
+    raise NonFiniteLossError(
+        f"training diverged at step {step}: {len(names)} arrays of the train state hold NaN or Inf (e.g. "
+        f"{', '.join(names[:3])}); the run stopped and the last checkpoint (before this step) is intact. Lower "
+        "--config.learning_rate (or raise --config.warmup_epochs) and rerun; the run resumes from that checkpoint.")
+
+
 def _checkpoint_metadata(config, plan: RunPlan, step: int) -> dict:
   return {"config": config.to_dict(), "step": step, "epoch": step / plan.steps_per_epoch,
           "steps_per_epoch": plan.steps_per_epoch}
@@ -204,7 +225,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   abstract = steps.abstract_train_state(rng, mesh, **init_kwargs)
   eval_step = steps.jit_eval_step(mesh, model=model, info=info, cfg=step_cfg)
 
-  os.makedirs(workdir, exist_ok=True)
+  try:
+    os.makedirs(workdir, exist_ok=True)
+  except OSError as e:  # e.g. under /proc or on a read-only filesystem, which os.access can't tell for root
+    raise PermissionError(f"cannot create workdir {workdir!r} ({e.strerror}); pass a --workdir you can write to") \
+        from e
   ckpt = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"), max_to_keep=config.keep_checkpoints)
   restored = None if config.eval_only else ckpt.restore(abstract)
   if restored is not None:
@@ -275,6 +300,7 @@ def _loop(run: _Run, state, start_step, batches):
   def save(force=False):
     _check_finite(step, unchecked)
     unchecked.clear()
+    _check_state_finite(step, state)
     ckpt.save(step, state, metadata=_checkpoint_metadata(config, plan, step), force=force)
 
   with _Preemption() as preemption:
@@ -292,9 +318,12 @@ def _loop(run: _Run, state, start_step, batches):
         _check_finite(step, unchecked)
         unchecked.clear()
         dt = time.perf_counter() - t_log
-        last.update(train_loss=float(losses.mean()), train_accuracy=float(np.mean([m["accuracy"] for m in host])),
-                    learning_rate=float(run.schedule(step - 1)), **{metrics_io.IMAGES_PER_SEC_KEY: n_log * config.batch_size / dt})
-        writer.write(step, step / plan.steps_per_epoch, dict(last))
+        _check_state_finite(step, state)  # after dt: not counted as training time
+        logged = dict(train_loss=float(losses.mean()), train_accuracy=float(np.mean([m["accuracy"] for m in host])),
+                      learning_rate=float(run.schedule(step - 1)),
+                      **{metrics_io.IMAGES_PER_SEC_KEY: n_log * config.batch_size / dt})
+        last.update(logged)
+        writer.write(step, step / plan.steps_per_epoch, logged)  # not `last`: its eval keys are from an older step
         t_log, n_log = time.perf_counter(), 0
       if step % plan.eval_every_steps == 0 or step == plan.num_steps:
         ev = evaluate(run.eval_step, state, config, plan, run.info, run.mesh)
