@@ -63,7 +63,7 @@ class BatchNorm(nn.Module):
   Under `jax.jit` over a data-sharded batch, statistics over the batch axis are global (synchronised BN).
   `num_groups > 1` splits the batch into that many equal groups, each normalised with its own statistics: with
   one group per device this reproduces per-device BN (pycls's default) on any number of devices.
-  Statistics are computed in float32 whatever the compute dtype.
+  Statistics are computed in float32 (float64 for float64 models) whatever the compute dtype.
   """
 
   use_running_average: bool
@@ -82,12 +82,13 @@ class BatchNorm(nn.Module):
     ra_var = self.variable("batch_stats", "var", lambda: jnp.ones((c,), jnp.float32))
     if self.use_running_average:
       mul = scale * jax.lax.rsqrt(ra_var.value + self.epsilon)
-      return x * mul.astype(self.dtype) + (bias - ra_mean.value * mul).astype(self.dtype)
+      return (x - ra_mean.value.astype(self.dtype)) * mul.astype(self.dtype) + bias.astype(self.dtype)
 
     g = self.num_groups
     if x.shape[0] % g:
       raise ValueError(f"batch norm: batch {x.shape[0]} is not divisible into bn groups={g}")
-    xg = x.reshape((g, x.shape[0] // g) + x.shape[1:]).astype(jnp.float32)
+    stat_dtype = jnp.promote_types(self.dtype, jnp.float32)  # at least f32, f64 for f64 models
+    xg = x.reshape((g, x.shape[0] // g) + x.shape[1:]).astype(stat_dtype)
     axes = tuple(range(1, xg.ndim - 1))
     mean = jnp.mean(xg, axis=axes, keepdims=True)
     var = jnp.mean(jnp.square(xg - mean), axis=axes, keepdims=True)
@@ -98,7 +99,8 @@ class BatchNorm(nn.Module):
       ra_mean.value = m * ra_mean.value + (1 - m) * jnp.mean(mean, axis=tuple(range(mean.ndim - 1)))
       ra_var.value = m * ra_var.value + (1 - m) * jnp.mean(unbiased, axis=tuple(range(var.ndim - 1)))
     mul = scale * jax.lax.rsqrt(var + self.epsilon)
-    y = x.reshape(xg.shape) * mul.astype(self.dtype) + (bias - mean * mul).astype(self.dtype)
+    # (x - mean) * mul, not x * mul - mean * mul: the folded form loses the digits of x when |mean| >> std.
+    y = (x.reshape(xg.shape) - mean.astype(self.dtype)) * mul.astype(self.dtype) + bias.astype(self.dtype)
     return y.reshape(x.shape)
 
 

@@ -133,10 +133,11 @@ def test_bad_input_is_rejected_before_anything_is_written(tmp_path):
   assert not workdir.exists()
 
 
-# One step on images centred on the dataset mean (normalised mean ~0), not real Fashion-MNIST. On inputs with a
-# large mean offset (real images: mostly background at -0.81 after normalising; or uniform noise) the conv-kernel
-# gradients behind BN are sums with heavy cancellation, and the 8-way reassociated sums differ by 1e-3 to 1e-2 of
-# their scale (measured; even float64 moves by 2e-6). With centred inputs the same gradients agree to 4e-6.
+# One step on images centred on the dataset mean (normalised mean ~0), not real Fashion-MNIST. On real images
+# (mostly background, far below the channel means after normalising) the conv-kernel gradients behind BN are sums
+# with heavy cancellation at initialisation, and the 8-way reassociated sums differ by up to ~1e-3 of their scale
+# (measured with the (x - mean) * scale BN; the folded x * scale - mean * scale form was worse, ~8e-2). With
+# centred inputs the same gradients agree to 4e-6 of their scale.
 _DEVICE_SCRIPT = textwrap.dedent("""
     import sys
     import jax, numpy as np
