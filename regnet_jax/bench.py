@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -28,6 +27,7 @@ import numpy as np
 
 from regnet_jax import anynet, config as config_lib, optim, sharding, steps, zoo
 from regnet_jax.data import DatasetInfo
+from regnet_jax.torch_reference import peak_rss_mb
 
 
 def synthetic_info(channels: int, num_classes: int) -> DatasetInfo:
@@ -93,7 +93,7 @@ def bench(model: str, *, batch_size: int = 128, image_size: int = 224, channels:
           "scan_blocks": scan_blocks, "steps": steps_, "warmup": warmup, "backend": jax.default_backend(),
           "devices": jax.device_count(), "jax": jax.__version__, "compile_s": compile_s, "step_s_median": med,
           "step_s_min": min(times), "img_per_s": batch_size / med,
-          "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+          "peak_rss_mb": peak_rss_mb()}
 
 
 def torch_reference(args) -> dict:

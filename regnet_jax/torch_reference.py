@@ -20,6 +20,19 @@ from regnet_jax import zoo
 from regnet_jax.specs import AnyNetSpec
 
 
+def peak_rss_mb() -> float:
+  """This process's peak resident memory. VmHWM, not ru_maxrss: ru_maxrss survives exec, so a subprocess started
+  from a large parent would report the parent's peak."""
+  try:
+    with open("/proc/self/status") as f:
+      for line in f:
+        if line.startswith("VmHWM:"):
+          return int(line.split()[1]) / 1024
+  except OSError:
+    pass
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def build(spec: AnyNetSpec, *, num_classes: int, in_channels: int):
   import torch
   from torch import nn
@@ -137,7 +150,7 @@ def time_train_step(name: str, *, batch_size: int, image_size: int, channels: in
   med = statistics.median(times)
   return {"impl": f"pytorch eager{' channels_last' if channels_last else ''}", "torch": torch.__version__,
           "threads": torch.get_num_threads(), "step_s_median": med, "step_s_min": min(times),
-          "img_per_s": batch_size / med, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+          "img_per_s": batch_size / med, "peak_rss_mb": peak_rss_mb()}
 
 
 def main(argv=None) -> int:

@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+cd "$(dirname "$0")/.."
+B=".venv/bin/python -m regnet_jax.bench"
+X32="--model=regnetx32 --batch-size=128 --image-size=96 --channels=1 --num-classes=10 --steps=8 --warmup=2 --json"
+X400="--model=regnetx_400mf --batch-size=32 --image-size=224 --steps=6 --warmup=2 --json"
+{
+$B $X32 --conv-impl=auto --compare-torch
+for i in custom_vjp split im2col; do $B $X32 --conv-impl=$i; done
+$B --model=regnetx32 --batch-size=128 --image-size=96 --channels=1 --num-classes=10 --steps=2 --warmup=1 --json --conv-impl=xla
+for i in auto custom_vjp split im2col; do $B $X32 --conv-impl=$i --half-precision; done
+$B $X400 --conv-impl=auto --compare-torch
+for i in custom_vjp split im2col; do $B $X400 --conv-impl=$i; done
+$B $X400 --conv-impl=auto --half-precision
+} > "${1:-bench_results.jsonl}"
