@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# Runs the README Performance table: every conv formulation, f32 and bf16, with the PyTorch reference; JSON lines to $1.
 cd "$(dirname "$0")/.."
 B=".venv/bin/python -m regnet_jax.bench"
 X32="--model=regnetx32 --batch-size=128 --image-size=96 --channels=1 --num-classes=10 --steps=8 --warmup=2 --json"
