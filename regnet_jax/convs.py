@@ -16,7 +16,12 @@ Public impls (`CONV_IMPLS`):
   custom_vjp  a `jax.custom_vjp` whose forward pass, data gradient and kernel gradient are each computed in the
               formulation XLA:CPU does best for the layer's shape (`custom_plan` says which). Not
               forward-mode differentiable (jvp / jacfwd raise); reverse mode (grad, vjp) of first order only.
-  auto        resolved per platform and layer shape by `resolve_impl`.
+  onednn      CPU only: oneDNN's direct NHWC convolution, data gradient and kernel gradient called through the XLA
+              FFI (regnet_jax/onednn.py; needs the onednn pip packages and a C++ compiler). 2-3x faster than
+              the best pure-XLA formulation for 3x3 convs on x86 CPUs. Same differentiation limits as
+              custom_vjp. f32 and bf16. Not partitioned: under a multi-device mesh XLA gathers its inputs
+              onto every device, so auto uses it on single-device runs only.
+  auto        resolved per platform, layer shape and dtype by `resolve_impl`.
 
 Private building blocks, used by `custom_vjp` plans (and tested like the public ones):
   polyphase   a stride-s conv as the sum of s*s stride-1 convs, one per input phase (x[a::s, b::s]) with the
@@ -36,6 +41,8 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 from jax import lax
+
+from regnet_jax import onednn
 
 _DN = ("NHWC", "HWIO", "NHWC")
 _LOW_PRECISION = (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
@@ -249,24 +256,37 @@ _PUBLIC: dict[str, Callable] = {
     "im2col": _im2col,
     "shift": _shift,
     "custom_vjp": _custom_vjp,
+    "onednn": onednn.conv2d,
 }
 CONV_IMPLS: tuple[str, ...] = tuple(_PUBLIC)
 
 
 # --------------------------------------------------------------------------------------------------------------
 
-def resolve_impl(impl: str, *, k, stride, groups, cin, cout, spatial, backend=None) -> str:
-  """The concrete impl that `impl` means for this layer; "auto" picks per platform and shape.
+def resolve_impl(impl: str, *, k, stride, groups, cin, cout, spatial, backend=None, dtype=jnp.float32) -> str:
+  """The concrete impl that `impl` means for this layer; "auto" picks per platform, shape and dtype.
 
   spatial: input height (int) or (height, width); backend: defaults to jax.default_backend().
   """
+  backend = backend or jax.default_backend()
+  if impl == "onednn" and backend != "cpu":
+    raise ValueError(f'conv_impl="onednn" runs on the CPU only, this computation is on {backend!r}; use '
+                     '"auto" (or xla / split) there')
   if impl in _PUBLIC:
     return impl
   if impl != "auto":
     raise ValueError(f"unknown conv impl {impl!r}; known: {', '.join(CONV_IMPLS + ('auto',))}")
-  backend = backend or jax.default_backend()
   cin_g = cin // groups
   if backend == "cpu":
+    # oneDNN where it can be had: per-layer fwd+dx+dw (benchmarks/conv_microbench.py --impls auto,onednn, f32):
+    # every grouped and dense 3x3 of RegNetX32 / regnetx_400mf takes 0.3-1.0x the time of the best pure-XLA plan
+    # (2-3x faster on strided and 2-group layers); 1x1 convs and 1-3 channel stems stay matmuls (oneDNN 1.1-2x
+    # slower there).
+    # Only on a single device: XLA's partitioner knows nothing of the FFI call and would gather a batch-sharded
+    # input onto every device (correct, but each device then convolves the global batch).
+    if (k > 1 and not (groups == 1 and cin <= _STEM_MAX_CIN) and jnp.dtype(dtype) in onednn.DTYPES
+        and jax.device_count() == 1 and onednn.available()):
+      return "onednn"
     # From benchmarks/conv_microbench.py on a shared 2-core CPU (f32; ratios = time / xla, same run):
     #   1x1 convs (any stride): im2col = matmul 0.12-0.6 (split/xla ~1.0).
     #   dense 3x3 stem, Cin 1 or 3, stride 2: im2col 0.5-0.9.
@@ -300,7 +320,7 @@ def conv2d(x, kernel, *, stride: int = 1, groups: int = 1, impl: str = "xla"):
   Output (N, (H-1)//stride+1, (W-1)//stride+1, Cout) in x.dtype. impl: one of CONV_IMPLS or "auto".
   """
   _, h, w, cin, k, _, cout, _, _ = _geometry(x, kernel, stride, groups)
-  name = resolve_impl(impl, k=k, stride=stride, groups=groups, cin=cin, cout=cout, spatial=(h, w))
+  name = resolve_impl(impl, k=k, stride=stride, groups=groups, cin=cin, cout=cout, spatial=(h, w), dtype=x.dtype)
   if name == "custom_vjp":
     return _custom_vjp(x, kernel, stride, groups)
   return _PUBLIC[name](x, kernel, stride, groups).astype(x.dtype)

@@ -1,5 +1,8 @@
 """Every conv formulation equals the XLA grouped-conv reference: outputs and both gradients, f32 and bf16."""
 import functools
+import importlib.metadata
+import platform
+import sys
 
 import chex
 import jax
@@ -8,7 +11,7 @@ import numpy as np
 import pytest
 from jax import lax
 
-from regnet_jax import convs
+from regnet_jax import convs, onednn
 
 # (n, h, w, cin, cout, k, stride, groups): k 1/3/7, stride 1/2, groups 1 / 2 / 5 / depthwise (with and without
 # channel multiplier), odd, even and non-square spatial sizes. Kept small: compile time dominates this file.
@@ -201,3 +204,75 @@ def test_custom_plan_names_known_formulations():
       for g, c in ((1, 3), (1, 32), (2, 32), (5, 80), (64, 64)):
         plan = convs.custom_plan(k=k, stride=s, groups=g, cin=c, cout=c, spatial=24)
         assert len(plan) == 3 and all(p in convs._FORMULATIONS for p in plan), plan
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# oneDNN extension (conv_impl="onednn"): the impl itself is covered by the every-impl tests above.
+
+ON_X86_LINUX = sys.platform == "linux" and platform.machine() == "x86_64"
+
+
+@pytest.mark.skipif(not ON_X86_LINUX, reason="the oneDNN extension is built for x86-64 Linux only")
+def test_onednn_extension_builds_and_loads_here():
+  # Not skipped when unavailable: on x86-64 Linux (CI included) a broken build must fail loudly, not fall back.
+  assert onednn.available(), onednn.unavailable_reason()
+  assert onednn.version().startswith("3.")
+
+
+@pytest.mark.skipif(not ON_X86_LINUX, reason="the oneDNN extension is built for x86-64 Linux only")
+def test_onednn_regnet_layers_match_reference():
+  """RegNet-sized layers (more channels and pixels than SHAPES: oneDNN picks blocked kernels there)."""
+  for shape in [(4, 24, 24, 32, 32, 3, 2, 2), (4, 12, 12, 80, 80, 3, 1, 5), (2, 14, 14, 64, 64, 3, 2, 1),
+                (2, 7, 7, 96, 96, 3, 1, 4)]:
+    x, kernel, ct = _inputs(shape)
+    stride, groups = shape[6], shape[7]
+    fns = {"onednn": functools.partial(convs.conv2d, stride=stride, groups=groups, impl="onednn")}
+    _check(_all_value_and_grads(_with_reference(fns, stride, groups), x, kernel, ct), 1e-5)
+
+
+@pytest.mark.skipif(not ON_X86_LINUX, reason="the oneDNN extension is built for x86-64 Linux only")
+def test_auto_on_a_single_cpu_uses_onednn_for_3x3_only():
+  pick = functools.partial(convs.resolve_impl, "auto", backend="cpu")
+  assert pick(k=3, stride=2, groups=2, cin=32, cout=32, spatial=48) == "onednn"
+  assert pick(k=3, stride=1, groups=1, cin=64, cout=64, spatial=28) == "onednn"
+  assert pick(k=1, stride=1, groups=1, cin=32, cout=32, spatial=48) == "im2col"
+  assert pick(k=3, stride=2, groups=1, cin=3, cout=32, spatial=224) == "im2col"  # RGB / gray stems
+  assert pick(k=3, stride=1, groups=2, cin=32, cout=32, spatial=24, dtype=jnp.float16) == "split"
+
+
+def test_onednn_rejects_other_dtypes_and_backends():
+  x, kernel, _ = _inputs(SHAPES[3])
+  if onednn.available():
+    with pytest.raises(ValueError, match="float32 or bfloat16"):
+      onednn.conv2d(x.astype(jnp.float16), kernel.astype(jnp.float16), 1, 2)
+  with pytest.raises(ValueError, match="CPU only.*'gpu'"):
+    convs.resolve_impl("onednn", k=3, stride=1, groups=2, cin=8, cout=8, spatial=9, backend="gpu")
+
+
+def test_onednn_missing_package_says_how_to_install(monkeypatch):
+  def missing(name):
+    raise importlib.metadata.PackageNotFoundError(name)
+  monkeypatch.setattr(importlib.metadata, "files", missing)
+  with pytest.raises(onednn.OneDnnUnavailable, match="pip install onednn-cpu-gomp"):
+    onednn.onednn_paths()
+
+
+@pytest.mark.skipif(not ON_X86_LINUX, reason="the oneDNN extension is built for x86-64 Linux only")
+def test_onednn_model_train_step_matches_xla():
+  """A whole RegNetX (stem, strided and grouped blocks, BN in training mode): loss and every gradient."""
+  from regnet_jax import anynet, zoo
+  spec = zoo.get_spec("regnetx32")
+  x = jax.random.normal(jax.random.key(0), (4, 32, 32, 1))
+  nets = {i: anynet.build_model(spec, num_classes=10, conv_impl=i) for i in ("xla", "onednn", "auto")}
+  variables = nets["xla"].init(jax.random.key(1), x, train=False)
+
+  def loss(params, net):
+    logits, _ = net.apply({**variables, "params": params}, x, train=True, mutable=["batch_stats"])
+    return jnp.mean(jax.nn.log_softmax(logits)[:, 0])
+
+  want = jax.value_and_grad(loss)(variables["params"], nets["xla"])
+  for impl in ("onednn", "auto"):
+    got = jax.value_and_grad(loss)(variables["params"], nets[impl])
+    np.testing.assert_allclose(got[0], want[0], rtol=1e-5)
+    for g, w in zip(jax.tree.leaves(got[1]), jax.tree.leaves(want[1])):
+      np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-5 * float(jnp.max(jnp.abs(w))) + 1e-7)

@@ -1,0 +1,195 @@
+// XLA FFI handlers: 2-D (grouped) convolution forward, data gradient and kernel gradient through oneDNN.
+//
+// Why: XLA:CPU's grouped, strided convolutions and their gradients run far below what the CPU can do (see
+// regnet_jax/convs.py); oneDNN (the library PyTorch's CPU convolutions use) has direct NHWC kernels for all
+// three. Layouts are the ones JAX hands over: activations NHWC, kernels HWIO (k, k, Cin / groups, Cout) with
+// Cout group-major, exactly flax.linen.Conv(feature_group_count=groups). Symmetric padding (k - 1) / 2.
+//
+// Primitives are built once per (kind, shape, stride, groups, dtype) and cached; oneDNN picks its own
+// kernel-weight layout (format `any`) and the handlers reorder the small HWIO kernel to or from it.
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <tuple>
+
+#include "oneapi/dnnl/dnnl.hpp"
+#include "xla/ffi/api/ffi.h"
+
+namespace ffi = xla::ffi;
+using dnnl::memory;
+
+namespace {
+
+enum Kind { kFwd = 0, kBwdData = 1, kBwdWeights = 2 };
+
+struct Geometry {
+  int64_t n, h, w, cin, cout, k, stride, groups, ho, wo;
+};
+
+using Key = std::tuple<int, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int>;
+
+struct Plan {
+  memory::desc src, dst, user_weights, weights;  // weights: the layout the primitive wants
+  dnnl::primitive conv;
+  dnnl::reorder to_prim, from_prim;  // user <-> primitive weight reorders (when the layouts differ)
+  bool reorder = false;
+};
+
+dnnl::engine& Engine() {
+  static dnnl::engine* engine = new dnnl::engine(dnnl::engine::kind::cpu, 0);
+  return *engine;
+}
+
+memory::desc UserWeights(const Geometry& g, memory::data_type dt) {
+  const int64_t ig = g.cin / g.groups, og = g.cout / g.groups, k = g.k;
+  // HWIO with Cout = groups x og (group-major): w[kh][kw][i][g * og + o].
+  if (g.groups == 1) return memory::desc({g.cout, g.cin, k, k}, dt, {1, g.cout, k * g.cin * g.cout, g.cin * g.cout});
+  return memory::desc({g.groups, og, ig, k, k}, dt, {og, 1, g.cout, k * ig * g.cout, ig * g.cout});
+}
+
+std::unique_ptr<Plan> MakePlan(int kind, const Geometry& g, memory::data_type dt) {
+  auto& eng = Engine();
+  auto plan = std::make_unique<Plan>();
+  plan->src = memory::desc({g.n, g.cin, g.h, g.w}, dt, memory::format_tag::nhwc);
+  plan->dst = memory::desc({g.n, g.cout, g.ho, g.wo}, dt, memory::format_tag::nhwc);
+  plan->user_weights = UserWeights(g, dt);
+  memory::desc any(plan->user_weights.get_dims(), dt, memory::format_tag::any);
+  const int64_t p = (g.k - 1) / 2;
+  memory::dims strides{g.stride, g.stride}, pad{p, p};
+  auto fwd = dnnl::convolution_forward::primitive_desc(
+      eng, dnnl::prop_kind::forward_training, dnnl::algorithm::convolution_direct, plan->src, any, plan->dst,
+      strides, pad, pad);
+  if (kind == kFwd) {
+    plan->weights = fwd.weights_desc();
+    plan->conv = dnnl::convolution_forward(fwd);
+  } else if (kind == kBwdData) {
+    auto pd = dnnl::convolution_backward_data::primitive_desc(
+        eng, dnnl::algorithm::convolution_direct, plan->src, any, plan->dst, strides, pad, pad, fwd);
+    plan->weights = pd.weights_desc();
+    plan->conv = dnnl::convolution_backward_data(pd);
+  } else {
+    auto pd = dnnl::convolution_backward_weights::primitive_desc(
+        eng, dnnl::algorithm::convolution_direct, plan->src, any, plan->dst, strides, pad, pad, fwd);
+    plan->weights = pd.diff_weights_desc();
+    plan->conv = dnnl::convolution_backward_weights(pd);
+  }
+  plan->reorder = plan->weights != plan->user_weights;
+  if (plan->reorder) {
+    if (kind == kBwdWeights) {
+      plan->from_prim = dnnl::reorder(dnnl::reorder::primitive_desc(eng, plan->weights, eng, plan->user_weights));
+    } else {
+      plan->to_prim = dnnl::reorder(dnnl::reorder::primitive_desc(eng, plan->user_weights, eng, plan->weights));
+    }
+  }
+  return plan;
+}
+
+const Plan& GetPlan(int kind, const Geometry& g, memory::data_type dt) {
+  static std::mutex mu;
+  static auto* cache = new std::map<Key, std::unique_ptr<Plan>>();
+  Key key{kind, g.n, g.h, g.w, g.cin, g.cout, g.k, g.stride, g.groups, static_cast<int>(dt)};
+  std::lock_guard<std::mutex> lock(mu);
+  auto it = cache->find(key);
+  if (it == cache->end()) it = cache->emplace(key, MakePlan(kind, g, dt)).first;
+  return *it->second;
+}
+
+ffi::Error Check(const Geometry& g) {
+  if (g.k % 2 == 0 || g.stride < 1 || g.groups < 1 || g.cin % g.groups || g.cout % g.groups) {
+    return ffi::Error::InvalidArgument("regnet_jax oneDNN conv: bad geometry (odd square kernel, stride >= 1, "
+                                       "groups dividing Cin and Cout required)");
+  }
+  if (g.ho != (g.h - 1) / g.stride + 1 || g.wo != (g.w - 1) / g.stride + 1) {
+    return ffi::Error::InvalidArgument("regnet_jax oneDNN conv: output size does not match input size and stride");
+  }
+  return ffi::Error::Success();
+}
+
+// x: (N, H, W, Cin); kernel: (k, k, Cin / groups, Cout); y: (N, Ho, Wo, Cout).
+Geometry FromShapes(ffi::Span<const int64_t> x, ffi::Span<const int64_t> kernel, ffi::Span<const int64_t> y,
+                    int64_t stride, int64_t groups) {
+  return Geometry{x[0], x[1], x[2], x[3], kernel[3], kernel[0], stride, groups, y[1], y[2]};
+}
+
+template <typename T>
+void* Ptr(T& buffer) {
+  return const_cast<void*>(static_cast<const void*>(buffer.untyped_data()));
+}
+
+ffi::Error Run(int kind, const Geometry& g, memory::data_type dt, void* a, void* b, void* out) {
+  ffi::Error ok = Check(g);
+  if (ok.failure()) return ok;
+  try {
+    const Plan& plan = GetPlan(kind, g, dt);
+    auto& eng = Engine();
+    dnnl::stream stream(eng);
+    if (kind == kFwd) {  // a = x, b = kernel, out = y
+      memory src(plan.src, eng, a), dst(plan.dst, eng, out), user_w(plan.user_weights, eng, b);
+      memory w = user_w;
+      if (plan.reorder) {
+        w = memory(plan.weights, eng);
+        plan.to_prim.execute(stream, user_w, w);
+      }
+      plan.conv.execute(stream, {{DNNL_ARG_SRC, src}, {DNNL_ARG_WEIGHTS, w}, {DNNL_ARG_DST, dst}});
+    } else if (kind == kBwdData) {  // a = dy, b = kernel, out = dx
+      memory diff_dst(plan.dst, eng, a), diff_src(plan.src, eng, out), user_w(plan.user_weights, eng, b);
+      memory w = user_w;
+      if (plan.reorder) {
+        w = memory(plan.weights, eng);
+        plan.to_prim.execute(stream, user_w, w);
+      }
+      plan.conv.execute(stream, {{DNNL_ARG_DIFF_DST, diff_dst}, {DNNL_ARG_WEIGHTS, w}, {DNNL_ARG_DIFF_SRC, diff_src}});
+    } else {  // a = x, b = dy, out = dkernel
+      memory src(plan.src, eng, a), diff_dst(plan.dst, eng, b), user_dw(plan.user_weights, eng, out);
+      memory dw = plan.reorder ? memory(plan.weights, eng) : user_dw;
+      plan.conv.execute(stream, {{DNNL_ARG_SRC, src}, {DNNL_ARG_DIFF_DST, diff_dst}, {DNNL_ARG_DIFF_WEIGHTS, dw}});
+      if (plan.reorder) plan.from_prim.execute(stream, dw, user_dw);
+    }
+    stream.wait();
+  } catch (const dnnl::error& e) {
+    return ffi::Error::Internal(std::string("regnet_jax oneDNN conv failed: ") + e.what());
+  }
+  return ffi::Error::Success();
+}
+
+memory::data_type DataType(ffi::DataType t) {
+  return t == ffi::DataType::BF16 ? memory::data_type::bf16 : memory::data_type::f32;
+}
+
+ffi::Error ConvFwd(ffi::AnyBuffer x, ffi::AnyBuffer kernel, ffi::Result<ffi::AnyBuffer> y, int64_t stride,
+                   int64_t groups) {
+  Geometry g = FromShapes(x.dimensions(), kernel.dimensions(), y->dimensions(), stride, groups);
+  return Run(kFwd, g, DataType(x.element_type()), Ptr(x), Ptr(kernel), y->untyped_data());
+}
+
+ffi::Error ConvBwdData(ffi::AnyBuffer dy, ffi::AnyBuffer kernel, ffi::Result<ffi::AnyBuffer> dx, int64_t stride,
+                       int64_t groups) {
+  Geometry g = FromShapes(dx->dimensions(), kernel.dimensions(), dy.dimensions(), stride, groups);
+  return Run(kBwdData, g, DataType(dy.element_type()), Ptr(dy), Ptr(kernel), dx->untyped_data());
+}
+
+ffi::Error ConvBwdWeights(ffi::AnyBuffer x, ffi::AnyBuffer dy, ffi::Result<ffi::AnyBuffer> dkernel, int64_t stride,
+                          int64_t groups) {
+  Geometry g = FromShapes(x.dimensions(), dkernel->dimensions(), dy.dimensions(), stride, groups);
+  return Run(kBwdWeights, g, DataType(x.element_type()), Ptr(x), Ptr(dy), dkernel->untyped_data());
+}
+
+}  // namespace
+
+#define REGNET_CONV_BINDING                                                                          \
+  ffi::Ffi::Bind().Arg<ffi::AnyBuffer>().Arg<ffi::AnyBuffer>().Ret<ffi::AnyBuffer>().Attr<int64_t>("stride") \
+      .Attr<int64_t>("groups")
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(RegnetConvFwd, ConvFwd, REGNET_CONV_BINDING);
+XLA_FFI_DEFINE_HANDLER_SYMBOL(RegnetConvBwdData, ConvBwdData, REGNET_CONV_BINDING);
+XLA_FFI_DEFINE_HANDLER_SYMBOL(RegnetConvBwdWeights, ConvBwdWeights, REGNET_CONV_BINDING);
+
+extern "C" const char* RegnetOnednnVersion() {
+  static std::string v = [] {
+    const dnnl_version_t* ver = dnnl_version();
+    return std::to_string(ver->major) + "." + std::to_string(ver->minor) + "." + std::to_string(ver->patch);
+  }();
+  return v.c_str();
+}

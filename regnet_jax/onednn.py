@@ -1,0 +1,195 @@
+"""oneDNN convolutions on XLA:CPU through the XLA FFI: `conv_impl="onednn"`.
+
+Why: XLA:CPU runs grouped and strided 3x3 convolutions and their gradients at a fraction of what the CPU can do
+(see regnet_jax/convs.py); oneDNN, the library behind PyTorch's CPU convolutions, has direct NHWC kernels for the
+forward pass, the data gradient and the kernel gradient. regnet_jax/csrc/conv_onednn.cc wraps the three as XLA
+FFI handlers; this module compiles it once per (source, oneDNN, jaxlib) into a cache directory, registers the
+handlers and exposes `conv2d` with a `jax.custom_vjp` whose backward pass calls the two gradient kernels.
+
+oneDNN comes from PyPI (`onednn-cpu-gomp` for libdnnl.so, `onednn-devel-cpu-gomp` for its headers; x86-64 Linux),
+the build needs a C++17 compiler (`$CXX`, default g++). Where either is missing `available()` is False, `auto`
+keeps the pure-XLA formulations and asking for "onednn" explicitly raises OneDnnUnavailable saying what is
+missing. Prebuild with `python -m regnet_jax.onednn` (scripts/setup.sh does) so the first training run does not
+pay the ~10 s compile. The cache lives in $REGNET_JAX_CACHE, else $XDG_CACHE_HOME/regnet_jax, else
+~/.cache/regnet_jax.
+
+Numerics: f32 in, f32 accumulation (oneDNN's default strict fp-math mode); bf16 in, f32 accumulation, bf16 out.
+The summation order differs from XLA's, so results agree with conv_impl="xla" to float rounding (~1e-6 relative),
+not bit for bit. Threads: OpenMP (libgomp), OMP_NUM_THREADS if set, else all cores.
+"""
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import importlib.metadata
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+SOURCE = Path(__file__).parent / "csrc" / "conv_onednn.cc"
+_TARGETS = {"fwd": "RegnetConvFwd", "bwd_data": "RegnetConvBwdData", "bwd_weights": "RegnetConvBwdWeights"}
+_FFI_PREFIX = "regnet_jax_onednn_"
+DTYPES = (jnp.dtype(jnp.float32), jnp.dtype(jnp.bfloat16))
+
+
+class OneDnnUnavailable(RuntimeError):
+  """conv_impl="onednn" was asked for where the oneDNN extension cannot be built or loaded."""
+
+
+def _dist_file(dist: str, suffix: str) -> Path:
+  """The installed file of distribution `dist` whose path ends with `suffix`."""
+  try:
+    files = importlib.metadata.files(dist) or []
+  except importlib.metadata.PackageNotFoundError:
+    raise OneDnnUnavailable(
+        f"the Python package {dist!r} is not installed; install it with `pip install {dist}` (x86-64 Linux "
+        "only), or use another conv_impl (auto, custom_vjp, split, im2col, xla)") from None
+  for f in files:
+    if ("/" + str(f).replace(os.sep, "/")).endswith(suffix):
+      return Path(f.locate()).resolve()
+  raise OneDnnUnavailable(f"package {dist!r} is installed but has no file ending in {suffix!r}; reinstall it")
+
+
+def onednn_paths() -> tuple[Path, Path]:
+  """(include directory, library directory) of the pip-installed oneDNN."""
+  lib = _dist_file("onednn-cpu-gomp", "/libdnnl.so")
+  header = _dist_file("onednn-devel-cpu-gomp", "/oneapi/dnnl/dnnl.hpp")
+  return header.parents[2], lib.parent
+
+
+def cache_dir() -> Path:
+  root = os.environ.get("REGNET_JAX_CACHE")
+  if not root:
+    root = os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "regnet_jax")
+  return Path(root)
+
+
+def build(*, verbose: bool = False) -> Path:
+  """Compiles the extension (once per source/oneDNN/jaxlib/compiler) and returns the shared library's path."""
+  if sys.platform != "linux" or platform.machine() not in ("x86_64", "AMD64"):
+    raise OneDnnUnavailable(f"the oneDNN extension is built for x86-64 Linux only, not {sys.platform}/"
+                            f"{platform.machine()}; use another conv_impl (auto picks one)")
+  include, libdir = onednn_paths()
+  cxx = os.environ.get("CXX", "g++")
+  if shutil.which(cxx) is None:
+    raise OneDnnUnavailable(f"no C++ compiler {cxx!r} on PATH to build the oneDNN extension; install g++ "
+                            "(e.g. `apt-get install g++`) or set CXX, or use another conv_impl")
+  jax_include = jax.ffi.include_dir()
+  key = hashlib.sha256()
+  for part in (SOURCE.read_bytes(), str(libdir).encode(), str(include).encode(), jax_include.encode(),
+               jax.__version__.encode(), cxx.encode()):
+    key.update(part)
+  out = cache_dir() / f"onednn-{key.hexdigest()[:16]}" / "libregnet_onednn.so"
+  if out.exists():
+    return out
+  out.parent.mkdir(parents=True, exist_ok=True)
+  # Compile to a temporary name and rename: concurrent builders (several processes of one run) never load a
+  # half-written library.
+  fd, tmp = tempfile.mkstemp(suffix=".so", dir=out.parent)
+  os.close(fd)
+  cmd = [cxx, "-O2", "-std=c++17", "-shared", "-fPIC", str(SOURCE), f"-I{jax_include}", f"-I{include}",
+         f"-L{libdir}", "-ldnnl", f"-Wl,-rpath,{libdir}", "-o", tmp]
+  if verbose:
+    print(" ".join(cmd), file=sys.stderr)
+  proc = subprocess.run(cmd, capture_output=True, text=True)
+  if proc.returncode:
+    os.unlink(tmp)
+    raise OneDnnUnavailable(f"building the oneDNN extension failed ({' '.join(cmd)}):\n{proc.stderr[-3000:]}")
+  os.replace(tmp, out)
+  return out
+
+
+@functools.cache
+def _load() -> tuple[ctypes.CDLL | None, str | None]:
+  """(library, None) once built and registered with XLA, or (None, why not)."""
+  try:
+    lib = ctypes.cdll.LoadLibrary(str(build()))
+  except OneDnnUnavailable as e:
+    return None, str(e)
+  except OSError as e:
+    return None, f"loading the oneDNN extension failed: {e}"
+  for symbol in _TARGETS.values():
+    jax.ffi.register_ffi_target(_FFI_PREFIX + symbol, jax.ffi.pycapsule(getattr(lib, symbol)), platform="cpu")
+  lib.RegnetOnednnVersion.restype = ctypes.c_char_p
+  return lib, None
+
+
+def available() -> bool:
+  """True when the extension is built (building it now if needed) and registered."""
+  return _load()[0] is not None
+
+
+def unavailable_reason() -> str | None:
+  return _load()[1]
+
+
+def version() -> str:
+  lib, why = _load()
+  if lib is None:
+    raise OneDnnUnavailable(why)
+  return lib.RegnetOnednnVersion().decode()
+
+
+def _call(kind, shape, dtype, a, b, stride, groups):
+  return jax.ffi.ffi_call(_FFI_PREFIX + _TARGETS[kind], jax.ShapeDtypeStruct(shape, dtype),
+                          vmap_method="sequential")(a, b, stride=np.int64(stride), groups=np.int64(groups))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _conv(x, kernel, stride, groups):
+  n, h, w, _ = x.shape
+  return _call("fwd", (n, (h - 1) // stride + 1, (w - 1) // stride + 1, kernel.shape[-1]), x.dtype, x, kernel,
+               stride, groups)
+
+
+def _conv_fwd(x, kernel, stride, groups):
+  return _conv(x, kernel, stride, groups), (x, kernel)
+
+
+def _conv_bwd(stride, groups, res, dy):
+  x, kernel = res
+  dy = dy.astype(x.dtype)
+  return (_call("bwd_data", x.shape, x.dtype, dy, kernel, stride, groups),
+          _call("bwd_weights", kernel.shape, kernel.dtype, x, dy, stride, groups))
+
+
+_conv.defvjp(_conv_fwd, _conv_bwd)
+
+
+def conv2d(x, kernel, stride: int, groups: int):
+  """NHWC x, HWIO kernel (k, k, Cin // groups, Cout), symmetric padding (k-1)//2, like regnet_jax.convs.conv2d.
+
+  Reverse-mode differentiable (first order). Raises OneDnnUnavailable where the extension cannot be had and
+  ValueError for dtypes other than float32 / bfloat16 or mixed dtypes.
+  """
+  lib, why = _load()
+  if lib is None:
+    raise OneDnnUnavailable(f'conv_impl="onednn" is unavailable: {why}')
+  if jnp.dtype(x.dtype) not in DTYPES or x.dtype != kernel.dtype:
+    raise ValueError(f'conv_impl="onednn" takes float32 or bfloat16 inputs of one dtype, got x {x.dtype} and '
+                     f'kernel {kernel.dtype}; use conv_impl="auto" for other dtypes')
+  return _conv(x, kernel, stride, groups)
+
+
+def main() -> int:
+  """Builds (or finds) the extension and reports where it is: `python -m regnet_jax.onednn`."""
+  try:
+    path = build(verbose=True)
+    print(f"oneDNN extension: {path} (oneDNN {version()})")
+    return 0
+  except OneDnnUnavailable as e:
+    print(f"oneDNN extension unavailable: {e}", file=sys.stderr)
+    return 1
+
+
+if __name__ == "__main__":
+  sys.exit(main())
