@@ -10,6 +10,8 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from regnet_jax import runtime
+
 _CONFIG = config_flags.DEFINE_config_file("config", None, "training config file, e.g. configs/regnetx32.py",
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "directory for checkpoints, metrics and plots; rerun to resume")
@@ -31,4 +33,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  runtime.reexec_with_huge_pages()
   app.run(main)

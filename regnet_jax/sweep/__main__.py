@@ -10,6 +10,7 @@ from __future__ import annotations
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from regnet_jax import runtime
 from regnet_jax.sweep.runner import parse_shard, plan_trials, run_sweep
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "sweep config file (configs/sweeps/*.py)")
@@ -39,4 +40,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  runtime.reexec_with_huge_pages()
   app.run(main)
