@@ -137,6 +137,36 @@ def test_bn_groups_normalise_each_group_separately():
     layers.BatchNorm(use_running_average=False, num_groups=3).apply(v, x, mutable=["batch_stats"])
 
 
+def _bn_autodiff_reference(x, scale, bias, groups, eps=1e-5):
+  """Training-mode BN written plainly; jax.grad of it is the reference for BatchNorm's hand-written VJP."""
+  xg = x.reshape((groups, x.shape[0] // groups) + x.shape[1:]).astype(jnp.float32)
+  mean = xg.mean(axis=(1, 2, 3), keepdims=True)
+  var = jnp.square(xg - mean).mean(axis=(1, 2, 3), keepdims=True)
+  return ((xg - mean) * jax.lax.rsqrt(var + eps) * scale + bias).reshape(x.shape)
+
+
+@pytest.mark.parametrize("groups, dtype, rtol", [(1, jnp.float32, 1e-5), (2, jnp.float32, 1e-5),
+                                                 (1, jnp.bfloat16, 2e-2)])
+def test_bn_hand_written_vjp_matches_autodiff(groups, dtype, rtol):
+  x = (_images((4, 5, 3, 6), 3) * 3 + 2).astype(dtype)  # non-zero mean: the centring terms matter
+  ct = _images((4, 5, 3, 6), 4)
+  scale, bias = 1 + _images((6,), 5) * 0.2, _images((6,), 6)
+  bn = layers.BatchNorm(use_running_average=False, num_groups=groups, dtype=dtype)
+  v = {"params": {"scale": scale, "bias": bias}, "batch_stats": {"mean": jnp.zeros(6), "var": jnp.ones(6)}}
+
+  def loss_bn(x, p):
+    y, _ = bn.apply({**v, "params": p}, x, mutable=["batch_stats"])
+    return jnp.sum(y.astype(jnp.float32) * ct)
+
+  def loss_ref(x, p):
+    return jnp.sum(_bn_autodiff_reference(x, p["scale"], p["bias"], groups) * ct)
+
+  got = jax.value_and_grad(loss_bn, argnums=(0, 1))(x, v["params"])
+  want = jax.value_and_grad(loss_ref, argnums=(0, 1))(x.astype(jnp.float32), v["params"])
+  for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+    np.testing.assert_allclose(np.asarray(g, np.float32), w, rtol=rtol, atol=rtol * float(jnp.max(jnp.abs(w))))
+
+
 def test_se_width_follows_block_input_width():
   # Stage 2 first block: input width 16 -> w_se = round(0.25 * 16) = 4; later blocks: input 24 -> 6.
   model = anynet.build_model(TINY, num_classes=5, conv_impl="xla")

@@ -83,9 +83,10 @@ def test_real_slice_trains_and_masked_eval_counts_every_image_once(tmp_path, fmn
   logits = model.apply({"params": state.params, "batch_stats": state.batch_stats}, x, train=False)
   acc = float(jnp.mean(jnp.argmax(logits, -1) == jnp.asarray(labels)))
   assert result["eval_accuracy"] == pytest.approx(acc, abs=1e-6)
-  # Training does something on real data: the loss drops from ln(10).
-  lines = [json.loads(l) for l in open(tmp_path / "run" / "metrics.jsonl") if "train_loss" in l]
-  assert lines[-1]["train_loss"] < 2.2
+  # Training does something on real data: in the second epoch the loss gets well below where it started. (Not
+  # the last logged value alone: 16 steps at lr 0.05 are noisy, float-rounding changes move it by +-0.2.)
+  losses = [json.loads(l)["train_loss"] for l in open(tmp_path / "run" / "metrics.jsonl") if "train_loss" in l]
+  assert min(losses[len(losses) // 2:]) < losses[0] - 0.2, losses
 
 
 def test_resume_is_bit_identical(tmp_path, fmnist_slice, monkeypatch):
