@@ -278,14 +278,13 @@ def resolve_impl(impl: str, *, k, stride, groups, cin, cout, spatial, backend=No
     raise ValueError(f"unknown conv impl {impl!r}; known: {', '.join(CONV_IMPLS + ('auto',))}")
   cin_g = cin // groups
   if backend == "cpu":
-    # oneDNN where it can be had: per-layer fwd+dx+dw (benchmarks/conv_microbench.py --impls auto,onednn, f32):
-    # every grouped and dense 3x3 of RegNetX32 / regnetx_400mf takes 0.3-1.0x the time of the best pure-XLA plan
-    # (2-3x faster on strided and 2-group layers); 1x1 convs and 1-3 channel stems stay matmuls (oneDNN 1.1-2x
-    # slower there).
+    # oneDNN for every conv where it can be had. Train steps, idle 2-core machine, same run (README
+    # "Performance"): RegNetX32 b128 all-oneDNN 462 img/s vs oneDNN 3x3 + matmul 1x1/stem 434 vs the best pure-XLA
+    # plan (custom_vjp) 317; regnetx_400mf b32 67.4 vs 66.3 vs 52.9. Per layer, 1x1 convs alone are as fast or
+    # faster as matmuls, but the mix loses on the whole step.
     # Only on a single device: XLA's partitioner knows nothing of the FFI call and would gather a batch-sharded
     # input onto every device (correct, but each device then convolves the global batch).
-    if (k > 1 and not (groups == 1 and cin <= _STEM_MAX_CIN) and jnp.dtype(dtype) in onednn.DTYPES
-        and jax.device_count() == 1 and onednn.available()):
+    if jnp.dtype(dtype) in onednn.DTYPES and jax.device_count() == 1 and onednn.available():
       return "onednn"
     # From benchmarks/conv_microbench.py on a shared 2-core CPU (f32; ratios = time / xla, same run):
     #   1x1 convs (any stride): im2col = matmul 0.12-0.6 (split/xla ~1.0).

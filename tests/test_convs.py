@@ -170,7 +170,8 @@ def test_auto_resolves_to_a_concrete_impl():
     assert convs.resolve_impl(impl, **shapes[0]) == impl
 
 
-def test_auto_on_cpu_avoids_the_grouped_xla_kernel():
+def test_auto_on_cpu_avoids_the_grouped_xla_kernel(monkeypatch):
+  monkeypatch.setattr(onednn, "available", lambda: False)  # the pure-XLA plans auto falls back to
   pick = functools.partial(convs.resolve_impl, "auto", backend="cpu")
   assert pick(k=3, stride=1, groups=2, cin=32, cout=32, spatial=24) != "xla"
   assert pick(k=3, stride=2, groups=5, cin=80, cout=80, spatial=24) != "xla"
@@ -231,13 +232,15 @@ def test_onednn_regnet_layers_match_reference():
 
 
 @pytest.mark.skipif(not ON_X86_LINUX, reason="the oneDNN extension is built for x86-64 Linux only")
-def test_auto_on_a_single_cpu_uses_onednn_for_3x3_only():
+def test_auto_on_a_single_cpu_uses_onednn_for_f32_and_bf16():
   pick = functools.partial(convs.resolve_impl, "auto", backend="cpu")
-  assert pick(k=3, stride=2, groups=2, cin=32, cout=32, spatial=48) == "onednn"
-  assert pick(k=3, stride=1, groups=1, cin=64, cout=64, spatial=28) == "onednn"
-  assert pick(k=1, stride=1, groups=1, cin=32, cout=32, spatial=48) == "im2col"
-  assert pick(k=3, stride=2, groups=1, cin=3, cout=32, spatial=224) == "im2col"  # RGB / gray stems
+  for kw in (dict(k=3, stride=2, groups=2, cin=32, cout=32, spatial=48), dict(k=1, stride=1, groups=1, cin=32,
+             cout=32, spatial=48), dict(k=3, stride=2, groups=1, cin=3, cout=32, spatial=224)):
+    assert pick(**kw) == "onednn"
+    assert pick(**kw, dtype=jnp.bfloat16) == "onednn"
+  # Other dtypes keep the pure-XLA plans.
   assert pick(k=3, stride=1, groups=2, cin=32, cout=32, spatial=24, dtype=jnp.float16) == "split"
+  assert pick(k=1, stride=1, groups=1, cin=32, cout=32, spatial=24, dtype=jnp.float16) == "im2col"
 
 
 def test_onednn_rejects_other_dtypes_and_backends():
