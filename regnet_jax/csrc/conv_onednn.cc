@@ -118,6 +118,15 @@ void* Ptr(T& buffer) {
   return const_cast<void*>(static_cast<const void*>(buffer.untyped_data()));
 }
 
+// The HWIO kernel at `kernel` in the layout the plan's primitive wants (a reordered copy when they differ).
+memory KernelForPrimitive(const Plan& plan, dnnl::stream& stream, void* kernel) {
+  memory user(plan.user_weights, Engine(), kernel);
+  if (!plan.reorder) return user;
+  memory w(plan.weights, Engine());
+  plan.to_prim.execute(stream, user, w);
+  return w;
+}
+
 ffi::Error Run(int kind, const Geometry& g, memory::data_type dt, void* a, void* b, void* out) {
   ffi::Error ok = Check(g);
   if (ok.failure()) return ok;
@@ -126,20 +135,12 @@ ffi::Error Run(int kind, const Geometry& g, memory::data_type dt, void* a, void*
     auto& eng = Engine();
     dnnl::stream stream(eng);
     if (kind == kFwd) {  // a = x, b = kernel, out = y
-      memory src(plan.src, eng, a), dst(plan.dst, eng, out), user_w(plan.user_weights, eng, b);
-      memory w = user_w;
-      if (plan.reorder) {
-        w = memory(plan.weights, eng);
-        plan.to_prim.execute(stream, user_w, w);
-      }
+      memory src(plan.src, eng, a), dst(plan.dst, eng, out);
+      memory w = KernelForPrimitive(plan, stream, b);
       plan.conv.execute(stream, {{DNNL_ARG_SRC, src}, {DNNL_ARG_WEIGHTS, w}, {DNNL_ARG_DST, dst}});
     } else if (kind == kBwdData) {  // a = dy, b = kernel, out = dx
-      memory diff_dst(plan.dst, eng, a), diff_src(plan.src, eng, out), user_w(plan.user_weights, eng, b);
-      memory w = user_w;
-      if (plan.reorder) {
-        w = memory(plan.weights, eng);
-        plan.to_prim.execute(stream, user_w, w);
-      }
+      memory diff_dst(plan.dst, eng, a), diff_src(plan.src, eng, out);
+      memory w = KernelForPrimitive(plan, stream, b);
       plan.conv.execute(stream, {{DNNL_ARG_DIFF_DST, diff_dst}, {DNNL_ARG_WEIGHTS, w}, {DNNL_ARG_DIFF_SRC, diff_src}});
     } else {  // a = x, b = dy, out = dkernel
       memory src(plan.src, eng, a), diff_dst(plan.dst, eng, b), user_dw(plan.user_weights, eng, out);
