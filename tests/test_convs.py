@@ -243,6 +243,12 @@ def test_auto_on_a_single_cpu_uses_onednn_for_f32_and_bf16():
   assert pick(k=1, stride=1, groups=1, cin=32, cout=32, spatial=24, dtype=jnp.float16) == "im2col"
 
 
+def test_auto_keeps_xla_plans_under_a_multi_device_mesh(monkeypatch):
+  # The FFI call is not partitioned: on 8 devices XLA would gather the batch onto each one.
+  monkeypatch.setattr(jax, "device_count", lambda *a: 8)
+  assert convs.resolve_impl("auto", k=3, stride=1, groups=2, cin=32, cout=32, spatial=24, backend="cpu") == "split"
+
+
 def test_onednn_rejects_other_dtypes_and_backends():
   x, kernel, _ = _inputs(SHAPES[3])
   if onednn.available():
