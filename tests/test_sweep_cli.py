@@ -78,3 +78,22 @@ def test_fashion_mnist_cpu_config_plans_60_models():
   lo, hi = c.regime.flops
   assert all(lo <= t.sample.flops <= hi for t in trials)
   assert c.train.image_size == c.regime.image_size
+
+
+def test_labels_keep_two_runs_of_one_sweep_config_apart(tmp_path, capsys):
+  # Same config (same sweep name, same trial ids) run twice, e.g. with two training budgets: without labels
+  # the second run's trials look like duplicate shard records and are dropped.
+  c = sweep_config(n=3)
+  for d in ("short", "long"):
+    run_sweep(c, str(tmp_path / d), FakeTrainer())
+  dirs = [str(tmp_path / "short"), str(tmp_path / "long")]
+  assert len(results.load_dirs(dirs)) == 6
+  recs = results.load_dirs(dirs, ["200 steps", "1 epoch"])
+  assert len(recs) == 12
+  names = [g.name for g in analyze.group_records(recs, "best")]
+  assert names == ["200 steps/AnyNetX_A", "200 steps/RegNet", "1 epoch/AnyNetX_A", "1 epoch/RegNet"]
+  out = str(tmp_path / "edf.png")
+  assert analyze.main(dirs + [f"--out={out}", "--labels=a,b", "--bootstrap=50", "--bins=2"]) == 0
+  assert "| b/RegNet | 3 |" in capsys.readouterr().out
+  assert analyze.main(dirs + [f"--out={out}", "--labels=a"]) == 2
+  assert "1 labels for 2 directories" in capsys.readouterr().err

@@ -171,10 +171,13 @@ def main(argv=None) -> int:
   parser.add_argument("--bins", type=int, default=4, help="complexity bins (normalised EDF) and trend bins")
   parser.add_argument("--bootstrap", type=int, default=10_000, help="bootstrap resamples")
   parser.add_argument("--seed", type=int, default=0, help="bootstrap seed")
+  parser.add_argument("--labels", default=None,
+                      help="comma-separated names for DIRS, in order: keeps runs of one sweep config apart "
+                           "(e.g. --labels=200steps,1epoch); default: the sweep names the results record")
   args = parser.parse_args(argv)
   try:
-    records = load_dirs(args.dirs)
-  except FileNotFoundError as e:
+    records = load_dirs(args.dirs, args.labels.split(",") if args.labels else None)
+  except (FileNotFoundError, ValueError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
   if not records:

@@ -11,7 +11,7 @@ import json
 import logging
 import os
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import Any, Sequence
 
 RESULTS_FILE = "results.jsonl"
 
@@ -54,14 +54,23 @@ def read_records(path: str) -> list[dict[str, Any]]:
   return records
 
 
-def load_dirs(dirs: Iterable[str]) -> list[dict[str, Any]]:
-  """Merge the results of several sweep (or shard) directories; a trial recorded twice counts once."""
+def load_dirs(dirs: Iterable[str], labels: Sequence[str] | None = None) -> list[dict[str, Any]]:
+  """Merge the results of several sweep (or shard) directories; a trial recorded twice counts once.
+
+  labels (one per dir) replace the records' "sweep" name in memory: two runs of one sweep config (another
+  training budget, say) then stay apart instead of being merged as shards of one sweep.
+  """
+  dirs = list(dirs)
+  if labels is not None and len(labels) != len(dirs):
+    raise ValueError(f"{len(labels)} labels for {len(dirs)} directories; give one label per directory")
   merged: dict[tuple, dict[str, Any]] = {}
-  for d in dirs:
+  for i, d in enumerate(dirs):
     path = d if d.endswith(".jsonl") else results_path(d)
     if not os.path.exists(path):
       raise FileNotFoundError(f"no results file at {path}; pass a sweep workdir holding {RESULTS_FILE}")
     for record in read_records(path):
+      if labels is not None:
+        record = dict(record, sweep=labels[i])
       merged.setdefault((record.get("sweep"), record.get("trial")), record)
   return list(merged.values())
 
