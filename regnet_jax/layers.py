@@ -65,7 +65,8 @@ def _batch_norm_train(xg, scale, bias, epsilon):
   Returns (y in xg.dtype, mean, biased var), statistics in scale.dtype (>= f32) with shape (groups, 1, ..., 1, C).
   Written with its own VJP because autodiff of the forward formulas makes XLA:CPU stream the activation and its
   gradient through memory 5-6 times; the closed form below (PyTorch's batch_norm_backward) needs one pass for
-  the two reductions and one for dx.
+  the two reductions and one for dx. Being a custom_vjp, it is reverse-mode differentiable only (jax.jvp raises),
+  like the non-xla conv formulations.
   """
   return _batch_norm_train_fwd(xg, scale, bias, epsilon)[0]
 
