@@ -280,8 +280,8 @@ def resolve_impl(impl: str, *, k, stride, groups, cin, cout, spatial, backend=No
   if backend == "cpu":
     # oneDNN for every conv where it can be had. Train steps, idle 2-core machine, same run (README
     # "Performance"): RegNetX32 b128 all-oneDNN 462 img/s vs oneDNN 3x3 + matmul 1x1/stem 434 vs the best pure-XLA
-    # plan (custom_vjp) 317; regnetx_400mf b32 67.4 vs 66.3 vs 52.9. Per layer, 1x1 convs alone are as fast or
-    # faster as matmuls, but the mix loses on the whole step.
+    # plan (custom_vjp) 317; regnetx_400mf b32 67.4 vs 66.3 vs 52.9. Timed per layer (under load) a 1x1 conv as a
+    # matmul was 1.1-1.9x faster than oneDNN's, yet the whole step is faster all-oneDNN; why was not isolated.
     # Only on a single device: XLA's partitioner knows nothing of the FFI call and would gather a batch-sharded
     # input onto every device (correct, but each device then convolves the global batch).
     if jnp.dtype(dtype) in onednn.DTYPES and jax.device_count() == 1 and onednn.available():
