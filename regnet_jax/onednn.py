@@ -23,6 +23,7 @@ import ctypes
 import functools
 import hashlib
 import importlib.metadata
+import logging
 import os
 import platform
 import shutil
@@ -113,10 +114,11 @@ def _load() -> tuple[ctypes.CDLL | None, str | None]:
   """(library, None) once built and registered with XLA, or (None, why not)."""
   try:
     lib = ctypes.cdll.LoadLibrary(str(build()))
-  except OneDnnUnavailable as e:
-    return None, str(e)
-  except OSError as e:
-    return None, f"loading the oneDNN extension failed: {e}"
+  except (OneDnnUnavailable, OSError) as e:
+    why = str(e) if isinstance(e, OneDnnUnavailable) else f"building or loading the oneDNN extension failed: {e}"
+    # Said once per process: without it conv_impl=auto silently runs the 2-3x slower pure-XLA convolutions.
+    logging.getLogger(__name__).warning("oneDNN convolutions unavailable, conv_impl=auto uses XLA's: %s", why)
+    return None, why
   for symbol in _TARGETS.values():
     jax.ffi.register_ffi_target(_FFI_PREFIX + symbol, jax.ffi.pycapsule(getattr(lib, symbol)), platform="cpu")
   lib.RegnetOnednnVersion.restype = ctypes.c_char_p
