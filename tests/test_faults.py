@@ -25,6 +25,7 @@ from regnet_jax import checkpointing, optim, sharding, steps, train
 from regnet_jax import config as config_lib
 from regnet_jax import data as data_lib
 from regnet_jax.data import fashion_mnist, idx
+from _subprocess_env import main_subprocess_env  # pytest puts tests/ on sys.path
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NUM_STEPS = 16
@@ -59,12 +60,8 @@ def data_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
-  e = {k: v for k, v in os.environ.items() if not k.startswith("REGNET_")}
-  e.update(JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=1",
-           PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""),
-           JAX_COMPILATION_CACHE_DIR=str(tmp_path_factory.getbasetemp() / "jax_cache"),
-           JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0", JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
-  return e
+  return main_subprocess_env(tmp_path_factory.getbasetemp() / "jax_cache",
+                             XLA_FLAGS="--xla_force_host_platform_device_count=1")
 
 
 def _cmd(workdir, data, **overrides):
