@@ -21,11 +21,16 @@ import subprocess
 import sys
 import time
 
+if __name__ == "__main__":
+  # Before JAX is imported: the re-exec (regnet_jax/runtime.py) would otherwise import it twice.
+  from regnet_jax import runtime
+  runtime.reexec_with_huge_pages()
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from regnet_jax import anynet, config as config_lib, optim, runtime, sharding, steps, zoo
+from regnet_jax import anynet, config as config_lib, optim, sharding, steps, zoo
 from regnet_jax.data import DatasetInfo
 from regnet_jax.torch_reference import peak_rss_mb
 
@@ -149,5 +154,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-  runtime.reexec_with_huge_pages()
   sys.exit(main())
