@@ -14,7 +14,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from regnet_jax import layers
+from regnet_jax import batchnorm_cpu, layers
 from regnet_jax.specs import AnyNetSpec
 
 Dtype = Any
@@ -40,6 +40,7 @@ class AnyNet(nn.Module):
   spec: AnyNetSpec
   num_classes: int = 1000
   conv_impl: str = "auto"
+  bn_impl: str = "auto"
   bn_groups: int = 1
   scan_blocks: bool = False
   dtype: Dtype = jnp.float32
@@ -48,7 +49,7 @@ class AnyNet(nn.Module):
   @nn.compact
   def __call__(self, x, train: bool = False):
     spec = self.spec
-    common = dict(train=train, conv_impl=self.conv_impl, bn_groups=self.bn_groups, dtype=self.dtype,
+    common = dict(train=train, conv_impl=self.conv_impl, bn_impl=self.bn_impl, bn_groups=self.bn_groups, dtype=self.dtype,
                   param_dtype=self.param_dtype)
     x = layers.Stem(stem_type=spec.stem_type, width=spec.stem_w, name="stem", **common)(x.astype(self.dtype))
     self.sow("intermediates", "stem_out", x)
@@ -71,16 +72,18 @@ class AnyNet(nn.Module):
     return x
 
 
-def build_model(spec: AnyNetSpec, *, num_classes: int = 1000, conv_impl: str = "auto", bn_groups: int = 1,
-                scan_blocks: bool = False, dtype: Dtype = jnp.float32, param_dtype: Dtype = jnp.float32) -> AnyNet:
+def build_model(spec: AnyNetSpec, *, num_classes: int = 1000, conv_impl: str = "auto", bn_impl: str = "auto",
+                bn_groups: int = 1, scan_blocks: bool = False, dtype: Dtype = jnp.float32, param_dtype: Dtype = jnp.float32) -> AnyNet:
   """The one way to make a model from a spec (configs and the CLIs call this)."""
   if not isinstance(spec, AnyNetSpec):
     raise TypeError(f"build_model needs an AnyNetSpec, got {type(spec).__name__}; use zoo.get_spec(name)")
   if num_classes < 1:
     raise ValueError(f"num_classes={num_classes} must be >= 1")
+  if bn_impl not in ("auto",) + batchnorm_cpu.BN_IMPLS:
+    raise ValueError(f"bn_impl={bn_impl!r} is not one of auto, {', '.join(batchnorm_cpu.BN_IMPLS)}")
   if bn_groups < 1:
     raise ValueError(f"bn_groups={bn_groups} must be >= 1")
-  return AnyNet(spec=spec, num_classes=num_classes, conv_impl=conv_impl, bn_groups=bn_groups,
+  return AnyNet(spec=spec, num_classes=num_classes, conv_impl=conv_impl, bn_impl=bn_impl, bn_groups=bn_groups,
                 scan_blocks=scan_blocks, dtype=dtype, param_dtype=param_dtype)
 
 

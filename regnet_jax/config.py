@@ -24,6 +24,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.model = "regnetx32"  # a zoo name (python -m regnet_jax.zoo)
   c.model_spec = ""  # JSON of an AnyNetSpec (design-space sweeps); overrides `model` when set
   c.conv_impl = CONV_IMPL_DEFAULT  # regnet_jax.convs: xla (reference) or a faster equal formulation; auto picks
+  c.bn_impl = "auto"  # regnet_jax.batchnorm_cpu: xla, or native (fused BN+add+ReLU kernels on the CPU); auto picks
   c.scan_blocks = False  # nn.scan over identical blocks: compile time flat in depth
   c.half_precision = False  # bf16 compute, f32 parameters and optimiser state
   c.bn_sync = True  # True: BN statistics over the global batch; False: per device (pycls)
@@ -103,5 +104,8 @@ def validate(c: ml_collections.ConfigDict) -> None:
   from regnet_jax import convs
   if c.conv_impl != "auto" and c.conv_impl not in convs.CONV_IMPLS:
     _fail("conv_impl", c.conv_impl, f"one of auto, {', '.join(convs.CONV_IMPLS)}")
+  from regnet_jax import batchnorm_cpu
+  if c.bn_impl != "auto" and c.bn_impl not in batchnorm_cpu.BN_IMPLS:
+    _fail("bn_impl", c.bn_impl, f"one of auto, {', '.join(batchnorm_cpu.BN_IMPLS)}")
   if c.eval_only and not c.init_from:
     _fail("eval_only", c.eval_only, "needs --config.init_from=DIR with weights to evaluate")

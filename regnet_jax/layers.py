@@ -16,7 +16,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from regnet_jax import convs
+from regnet_jax import batchnorm_cpu, convs
 
 Dtype = Any
 
@@ -111,6 +111,10 @@ _batch_norm_train.defvjp(_batch_norm_train_fwd, _batch_norm_train_bwd)
 class BatchNorm(nn.Module):
   """Batch norm with PyTorch semantics (eps 1e-5, momentum 0.1, unbiased running variance).
 
+  `__call__(x, residual=None, relu=False)` returns relu?(bn(x) + residual?): the add and ReLU that follow a BN in
+  every block are part of it so that `impl="native"` (regnet_jax.batchnorm_cpu) can fuse them; `impl="xla"` is
+  the plain JAX formulation, `"auto"` picks native on a single CPU device.
+
   Under `jax.jit` over a data-sharded batch, statistics over the batch axis are global (synchronised BN).
   `num_groups > 1` splits the batch into that many equal groups, each normalised with its own statistics: with
   one group per device this reproduces per-device BN (pycls's default) on any number of devices.
@@ -121,11 +125,12 @@ class BatchNorm(nn.Module):
   num_groups: int = 1
   momentum: float = BN_MOMENTUM
   epsilon: float = BN_EPSILON
+  impl: str = "auto"
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x):
+  def __call__(self, x, residual=None, relu: bool = False):
     c = x.shape[-1]
     scale = self.param("scale", nn.initializers.ones, (c,), self.param_dtype).astype(jnp.float32)
     bias = self.param("bias", nn.initializers.zeros, (c,), self.param_dtype).astype(jnp.float32)
@@ -133,14 +138,20 @@ class BatchNorm(nn.Module):
     ra_var = self.variable("batch_stats", "var", lambda: jnp.ones((c,), jnp.float32))
     if self.use_running_average:
       mul = scale * jax.lax.rsqrt(ra_var.value + self.epsilon)
-      return (x - ra_mean.value.astype(self.dtype)) * mul.astype(self.dtype) + bias.astype(self.dtype)
+      y = (x - ra_mean.value.astype(self.dtype)) * mul.astype(self.dtype) + bias.astype(self.dtype)
+      return _add_relu(y, residual, relu)
 
     g = self.num_groups
     if x.shape[0] % g:
       raise ValueError(f"batch norm: batch {x.shape[0]} is not divisible into bn groups={g}")
     stat_dtype = jnp.promote_types(self.dtype, jnp.float32)  # at least f32, f64 for f64 models
     xg = x.reshape((g, x.shape[0] // g) + x.shape[1:])
-    y, mean, var = _batch_norm_train(xg, scale.astype(stat_dtype), bias.astype(stat_dtype), self.epsilon)
+    if batchnorm_cpu.resolve_impl(self.impl, x.dtype) == "native":
+      rg = None if residual is None else residual.reshape(xg.shape)
+      y, mean, var = batchnorm_cpu.batch_norm_act(xg, scale, bias, rg, epsilon=self.epsilon, relu=relu)
+    else:
+      y, mean, var = _batch_norm_train(xg, scale.astype(stat_dtype), bias.astype(stat_dtype), self.epsilon)
+      y = _add_relu(y.reshape(x.shape), residual, relu)
     if not self.is_initializing():
       n = xg.size // (g * c)
       unbiased = var * (n / max(n - 1, 1))
@@ -150,11 +161,18 @@ class BatchNorm(nn.Module):
     return y.reshape(x.shape)
 
 
+def _add_relu(y, residual, relu):
+  if residual is not None:
+    y = y + residual.astype(y.dtype)
+  return nn.relu(y) if relu else y
+
+
 class _Layers(nn.Module):
   """Mixin: shared construction arguments and conv/BN factories, so every block builds layers the same way."""
 
   train: bool = False
   conv_impl: str = "auto"
+  bn_impl: str = "auto"
   bn_groups: int = 1
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
@@ -164,12 +182,13 @@ class _Layers(nn.Module):
                 dtype=self.dtype, param_dtype=self.param_dtype, name=name)
 
   def bn(self, name):
-    return BatchNorm(use_running_average=not self.train, num_groups=self.bn_groups, dtype=self.dtype,
-                     param_dtype=self.param_dtype, name=name)
+    return BatchNorm(use_running_average=not self.train, num_groups=self.bn_groups, impl=self.bn_impl,
+                     dtype=self.dtype, param_dtype=self.param_dtype, name=name)
 
-  def conv_bn(self, x, features, k, name, *, stride=1, groups=1, relu=True):
-    x = self.bn(f"{name}_bn")(self.conv(features, k, name, stride=stride, groups=groups)(x))
-    return nn.relu(x) if relu else x
+  def conv_bn(self, x, features, k, name, *, stride=1, groups=1, relu=True, residual=None):
+    """relu?(bn(conv(x)) + residual?)."""
+    y = self.conv(features, k, name, stride=stride, groups=groups)(x)
+    return self.bn(f"{name}_bn")(y, residual=residual, relu=relu)
 
 
 class Stem(_Layers):
@@ -181,7 +200,7 @@ class Stem(_Layers):
   @nn.compact
   def __call__(self, x):
     k, stride = {"simple": (3, 2), "res": (7, 2), "cifar": (3, 1)}[self.stem_type]
-    x = nn.relu(self.bn("bn")(self.conv(self.width, k, "conv", stride=stride)(x)))
+    x = self.bn("bn")(self.conv(self.width, k, "conv", stride=stride)(x), relu=True)
     if self.stem_type == "res":
       x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
     return x
@@ -235,8 +254,7 @@ class BasicBlock(_Residual):
   @nn.compact
   def __call__(self, x):
     y = self.conv_bn(x, self.w_out, 3, "a", stride=self.stride)
-    y = self.conv_bn(y, self.w_out, 3, "b", relu=False)
-    return nn.relu(self.shortcut(x) + y)
+    return self.conv_bn(y, self.w_out, 3, "b", residual=self.shortcut(x))
 
 
 class BottleneckBlock(_Residual):
@@ -260,8 +278,7 @@ class BottleneckBlock(_Residual):
     if w_se:
       y = SqueezeExcitation(w_se, conv_impl=self.conv_impl, dtype=self.dtype, param_dtype=self.param_dtype,
                             name="se")(y)
-    y = self.conv_bn(y, self.w_out, 1, "c", relu=False)
-    return nn.relu(self.shortcut(x) + y)
+    return self.conv_bn(y, self.w_out, 1, "c", residual=self.shortcut(x))
 
 
 BLOCKS = {"vanilla": VanillaBlock, "basic": BasicBlock, "bottleneck": BottleneckBlock}

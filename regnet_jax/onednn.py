@@ -3,8 +3,10 @@
 Why: XLA:CPU runs grouped and strided 3x3 convolutions and their gradients at a fraction of what the CPU can do
 (see regnet_jax/convs.py); oneDNN, the library behind PyTorch's CPU convolutions, has direct NHWC kernels for the
 forward pass, the data gradient and the kernel gradient. regnet_jax/csrc/conv_onednn.cc wraps the three as XLA
-FFI handlers; this module compiles it once per (source, oneDNN, jaxlib) into a cache directory, registers the
-handlers and exposes `conv2d` with a `jax.custom_vjp` whose backward pass calls the two gradient kernels.
+FFI handlers; this module compiles it, together with the fused batch-norm kernels of regnet_jax/csrc/batchnorm_cpu.cc
+(used by regnet_jax/batchnorm_cpu.py), once per (sources, oneDNN, jaxlib, compiler, CPU) into a cache directory,
+registers the handlers and exposes `conv2d` with a `jax.custom_vjp` whose backward pass calls the two gradient
+kernels. Built with -O3 -march=native (hence the CPU in the cache key) and -fopenmp (libgomp, oneDNN's runtime).
 
 oneDNN comes from PyPI (`onednn-cpu-gomp` for libdnnl.so, `onednn-devel-cpu-gomp` for its headers; x86-64 Linux),
 the build needs a C++17 compiler (`$CXX`, default g++). Where either is missing `available()` is False, `auto`
@@ -36,8 +38,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-SOURCE = Path(__file__).parent / "csrc" / "conv_onednn.cc"
+# One library: the oneDNN convolutions and the fused batch norm (regnet_jax/batchnorm_cpu.py) beside them.
+SOURCES = (Path(__file__).parent / "csrc" / "conv_onednn.cc", Path(__file__).parent / "csrc" / "batchnorm_cpu.cc")
 _TARGETS = {"fwd": "RegnetConvFwd", "bwd_data": "RegnetConvBwdData", "bwd_weights": "RegnetConvBwdWeights"}
+BN_TARGETS = ("RegnetBnFwd", "RegnetBnFwdResidual", "RegnetBnBwd", "RegnetBnBwdResidual")
 _FFI_PREFIX = "regnet_jax_onednn_"
 DTYPES = (jnp.dtype(jnp.float32), jnp.dtype(jnp.bfloat16))
 
@@ -74,8 +78,19 @@ def cache_dir() -> Path:
   return Path(root)
 
 
+def _cpu_id() -> bytes:
+  """The CPU's model and feature flags: the library is built with -march=native, so a cache shared by machines
+  with different CPUs must not hand one machine's build to another."""
+  try:
+    with open("/proc/cpuinfo") as f:
+      lines = [l for l in f if l.startswith(("model name", "flags"))]
+    return "".join(sorted(set(lines))).encode()
+  except OSError:
+    return platform.processor().encode()
+
+
 def build(*, verbose: bool = False) -> Path:
-  """Compiles the extension (once per source/oneDNN/jaxlib/compiler) and returns the shared library's path."""
+  """Compiles the extension (once per source/oneDNN/jaxlib/compiler/CPU) and returns the shared library's path."""
   if sys.platform != "linux" or platform.machine() not in ("x86_64", "AMD64"):
     raise OneDnnUnavailable(f"the oneDNN extension is built for x86-64 Linux only, not {sys.platform}/"
                             f"{platform.machine()}; use another conv_impl (auto picks one)")
@@ -86,7 +101,7 @@ def build(*, verbose: bool = False) -> Path:
                             "(e.g. `apt-get install g++`) or set CXX, or use another conv_impl")
   jax_include = jax.ffi.include_dir()
   key = hashlib.sha256()
-  for part in (SOURCE.read_bytes(), str(libdir).encode(), str(include).encode(), jax_include.encode(),
+  for part in (*(src.read_bytes() for src in SOURCES), _cpu_id(), str(libdir).encode(), str(include).encode(), jax_include.encode(),
                jax.__version__.encode(), cxx.encode()):
     key.update(part)
   out = cache_dir() / f"onednn-{key.hexdigest()[:16]}" / "libregnet_onednn.so"
@@ -97,8 +112,9 @@ def build(*, verbose: bool = False) -> Path:
   # half-written library.
   fd, tmp = tempfile.mkstemp(suffix=".so", dir=out.parent)
   os.close(fd)
-  cmd = [cxx, "-O2", "-std=c++17", "-shared", "-fPIC", str(SOURCE), f"-I{jax_include}", f"-I{include}",
-         f"-L{libdir}", "-ldnnl", f"-Wl,-rpath,{libdir}", "-o", tmp]
+  # -fopenmp: the batch norm kernels share libgomp's thread pool with oneDNN (the cpu-gomp build).
+  cmd = [cxx, "-O3", "-march=native", "-fopenmp", "-std=c++17", "-shared", "-fPIC", *map(str, SOURCES),
+         f"-I{jax_include}", f"-I{include}", f"-L{libdir}", "-ldnnl", f"-Wl,-rpath,{libdir}", "-o", tmp]
   if verbose:
     print(" ".join(cmd), file=sys.stderr)
   proc = subprocess.run(cmd, capture_output=True, text=True)
@@ -119,7 +135,7 @@ def _load() -> tuple[ctypes.CDLL | None, str | None]:
     # Said once per process: without it conv_impl=auto silently runs the 2-3x slower pure-XLA convolutions.
     logging.getLogger(__name__).warning("oneDNN convolutions unavailable, conv_impl=auto uses XLA's: %s", why)
     return None, why
-  for symbol in _TARGETS.values():
+  for symbol in (*_TARGETS.values(), *BN_TARGETS):
     jax.ffi.register_ffi_target(_FFI_PREFIX + symbol, jax.ffi.pycapsule(getattr(lib, symbol)), platform="cpu")
   lib.RegnetOnednnVersion.restype = ctypes.c_char_p
   return lib, None

@@ -53,7 +53,7 @@ def model_spec(config) -> Any:
 def build_model(config, info):
   n_dev = jax.device_count()
   return anynet.build_model(
-      model_spec(config), num_classes=info.num_classes, conv_impl=config.conv_impl,
+      model_spec(config), num_classes=info.num_classes, conv_impl=config.conv_impl, bn_impl=config.bn_impl,
       bn_groups=1 if config.bn_sync else n_dev, scan_blocks=config.scan_blocks,
       dtype=jnp.bfloat16 if config.half_precision else jnp.float32)
 

@@ -1,0 +1,392 @@
+// XLA FFI handlers: training-mode batch norm fused with the residual add and ReLU that follow it, forward and
+// backward, on the CPU.
+//
+// Why: around the oneDNN convolutions, XLA:CPU spends as long again on batch norm: it splits each BN into
+// several fusions (statistics, normalise, ReLU, their gradients), each one a full pass over an activation that
+// has just left the cache, and most run on one core. Here the forward is one pass for the statistics and one
+// that writes relu(bn(x) + residual); the backward is one pass for the two channel reductions (writing the
+// residual's gradient on the way) and one for dx, all on every OpenMP thread (PyTorch's channels-last batch
+// norm kernels work the same way, without the ReLU / residual fusion).
+//
+// Layout: x is (G, R, C), C contiguous, G independent normalisation groups (BatchNorm's num_groups) of R rows
+// (batch x height x width). Activations float32 or bfloat16 (computed in float32); statistics, scale, bias and
+// their gradients float32. Statistics: shifted sums (shift = each channel's first value, which keeps the
+// variance exact when |mean| >> std) accumulated in float over 64-row blocks and in double across blocks.
+#include <omp.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <vector>
+
+#include "xla/ffi/api/ffi.h"
+
+namespace ffi = xla::ffi;
+
+namespace {
+
+constexpr int64_t kBlock = 64;
+
+inline float Load(const float* p, int64_t i) { return p[i]; }
+inline void Store(float* p, int64_t i, float v) { p[i] = v; }
+inline float Load(const uint16_t* p, int64_t i) {
+  uint32_t u = static_cast<uint32_t>(p[i]) << 16;
+  float f;
+  std::memcpy(&f, &u, 4);
+  return f;
+}
+inline void Store(uint16_t* p, int64_t i, float v) {  // round to nearest even, like XLA's convert
+  uint32_t u;
+  std::memcpy(&u, &v, 4);
+  if ((u & 0x7fffffffu) > 0x7f800000u) {
+    p[i] = 0x7fc0;  // NaN stays NaN
+    return;
+  }
+  u += 0x7fffu + ((u >> 16) & 1u);
+  p[i] = static_cast<uint16_t>(u >> 16);
+}
+
+// scale / sqrt(var + eps) from the float32 variance the forward returns: the backward recomputes it bit for bit.
+inline float Mul(float scale, float var, float eps) {
+  return static_cast<float>(scale / std::sqrt(static_cast<double>(var) + eps));
+}
+
+// bn(x) before the residual and ReLU; one explicit fma so that forward and backward round it identically (the
+// backward recomputes it for the ReLU mask instead of reading y).
+inline float PreActivation(float x, float mean, float mul, float bias) { return std::fma(x - mean, mul, bias); }
+
+// Rows [begin, end) of thread t out of T.
+inline void Rows(int64_t r, int t, int T, int64_t* begin, int64_t* end) {
+  int64_t chunk = (r + T - 1) / T;
+  *begin = std::min<int64_t>(r, t * chunk);
+  *end = std::min<int64_t>(r, *begin + chunk);
+}
+
+// Per-thread channel accumulators in double, summed into `out` (2 x C: first and second quantity).
+struct Partials {
+  int64_t c;
+  std::vector<double> acc;  // T x 2 x C
+  Partials(int T, int64_t c) : c(c), acc(static_cast<size_t>(T) * 2 * c, 0.0) {}
+  double* Of(int t) { return acc.data() + static_cast<size_t>(t) * 2 * c; }
+  // Channels split over threads; call between barriers.
+  void Reduce(int t, int T, double* out) {
+    int64_t begin, end;
+    Rows(c, t, T, &begin, &end);
+    for (int64_t j = begin; j < end; ++j) {
+      double a = 0, b = 0;
+      for (int u = 0; u < T; ++u) {
+        a += Of(u)[j];
+        b += Of(u)[c + j];
+      }
+      out[j] = a;
+      out[c + j] = b;
+    }
+  }
+};
+
+// kRelu / kRes are template parameters so that the inner loops compile without branches and vectorise.
+template <typename T, bool kRelu, bool kRes>
+void Forward(const T* x, const float* scale, const float* bias, const T* res, T* y, float* mean_out,
+             float* var_out, int64_t groups, int64_t r, int64_t c, float eps) {
+  int nt = omp_get_max_threads();
+  Partials part(nt, c);
+  std::vector<double> sums(2 * c);
+  std::vector<float> shift(c), mean(c), mul(c), add(c);
+  for (int64_t g = 0; g < groups; ++g) {
+    const int64_t off = g * r * c;
+#pragma omp parallel num_threads(nt)
+    {
+      const int t = omp_get_thread_num(), nthreads = omp_get_num_threads();
+      int64_t begin, end;
+      Rows(r, t, nthreads, &begin, &end);
+#pragma omp single
+      for (int64_t j = 0; j < c; ++j) shift[j] = Load(x, off + j);
+      double* acc = part.Of(t);
+      std::fill(acc, acc + 2 * c, 0.0);
+      std::vector<float> s1(c), s2(c);
+      const float* k = shift.data();
+      for (int64_t b0 = begin; b0 < end; b0 += kBlock) {
+        std::fill(s1.begin(), s1.end(), 0.f);
+        std::fill(s2.begin(), s2.end(), 0.f);
+        float* __restrict a1 = s1.data();
+        float* __restrict a2 = s2.data();
+        for (int64_t i = b0; i < std::min(end, b0 + kBlock); ++i) {
+          const int64_t row = off + i * c;
+          for (int64_t j = 0; j < c; ++j) {
+            float d = Load(x, row + j) - k[j];
+            a1[j] += d;
+            a2[j] += d * d;
+          }
+        }
+        for (int64_t j = 0; j < c; ++j) {
+          acc[j] += a1[j];
+          acc[c + j] += a2[j];
+        }
+      }
+#pragma omp barrier
+      part.Reduce(t, nthreads, sums.data());
+#pragma omp barrier
+#pragma omp single
+      for (int64_t j = 0; j < c; ++j) {
+        double m1 = sums[j] / r;
+        mean[j] = static_cast<float>(shift[j] + m1);
+        var_out[g * c + j] = static_cast<float>(std::max(0.0, sums[c + j] / r - m1 * m1));
+        mul[j] = Mul(scale[j], var_out[g * c + j], eps);
+        add[j] = bias[j];
+        mean_out[g * c + j] = mean[j];
+      }
+      // The single's implicit barrier publishes mean / mul before the normalising pass.
+      const float* __restrict m = mean.data();
+      const float* __restrict s = mul.data();
+      const float* __restrict b = add.data();
+      for (int64_t i = begin; i < end; ++i) {
+        const int64_t row = off + i * c;
+        for (int64_t j = 0; j < c; ++j) {
+          float v = PreActivation(Load(x, row + j), m[j], s[j], b[j]);
+          if (kRes) v += Load(res, row + j);
+          if (kRelu) v = std::max(v, 0.f);
+          Store(y, row + j, v);
+        }
+      }
+    }
+  }
+}
+
+// ReLU mask: with a residual from y (> 0 where the output is), else recomputed from x (one stream fewer to read).
+template <typename T, bool kRelu, bool kRes>
+void Backward(const T* x, const T* y, const T* dy, const float* mean_in, const float* var_in, const float* scale,
+              const float* bias, T* dx, T* dres, float* dscale, float* dbias, int64_t groups, int64_t r, int64_t c,
+              float eps) {
+  int nt = omp_get_max_threads();
+  Partials part(nt, c);
+  std::vector<double> sums(2 * c), total(2 * c, 0.0);
+  std::vector<float> rstd(c), mul(c), k1(c), k2(c), k3(c);
+  for (int64_t g = 0; g < groups; ++g) {
+    const int64_t off = g * r * c;
+    const float* mean = mean_in + g * c;
+    for (int64_t j = 0; j < c; ++j) {
+      rstd[j] = Mul(1.f, var_in[g * c + j], eps);
+      mul[j] = Mul(scale[j], var_in[g * c + j], eps);
+    }
+#pragma omp parallel num_threads(nt)
+    {
+      const int t = omp_get_thread_num(), nthreads = omp_get_num_threads();
+      int64_t begin, end;
+      Rows(r, t, nthreads, &begin, &end);
+      double* acc = part.Of(t);
+      std::fill(acc, acc + 2 * c, 0.0);
+      std::vector<float> s1(c), s2(c);
+      const float* __restrict m = mean;
+      const float* __restrict fs = mul.data();
+      auto grad = [&](int64_t at, int64_t j) {  // dy through the ReLU
+        float gj = Load(dy, at);
+        if (kRelu) {
+          bool on = kRes ? Load(y, at) > 0.f : PreActivation(Load(x, at), m[j], fs[j], bias[j]) > 0.f;
+          if (!on) gj = 0.f;
+        }
+        return gj;
+      };
+      // Pass 1: g = dy masked by the ReLU (y > 0); sums of g and g * (x - mean); g is the residual's gradient.
+      for (int64_t b0 = begin; b0 < end; b0 += kBlock) {
+        std::fill(s1.begin(), s1.end(), 0.f);
+        std::fill(s2.begin(), s2.end(), 0.f);
+        float* __restrict a1 = s1.data();
+        float* __restrict a2 = s2.data();
+        for (int64_t i = b0; i < std::min(end, b0 + kBlock); ++i) {
+          const int64_t row = off + i * c;
+          for (int64_t j = 0; j < c; ++j) {
+            float gj = grad(row + j, j);
+            if (kRes) Store(dres, row + j, gj);
+            a1[j] += gj;
+            a2[j] += gj * (Load(x, row + j) - m[j]);
+          }
+        }
+        for (int64_t j = 0; j < c; ++j) {
+          acc[j] += a1[j];
+          acc[c + j] += a2[j];
+        }
+      }
+#pragma omp barrier
+      part.Reduce(t, nthreads, sums.data());
+#pragma omp barrier
+#pragma omp single
+      for (int64_t j = 0; j < c; ++j) {
+        // dx = scale * rstd * (g - mean(g) - xhat * mean(g * xhat)),  xhat = (x - mean) * rstd.
+        double sg = sums[j], sgx = sums[c + j] * rstd[j];
+        total[j] += sgx;
+        total[c + j] += sg;
+        // dx = k3 * (g - k1 - (x - mean) * k2)
+        k1[j] = static_cast<float>(sg / r);
+        k2[j] = static_cast<float>(sgx / r * rstd[j]);
+        k3[j] = scale[j] * rstd[j];
+      }
+      const float* __restrict a = k1.data();
+      const float* __restrict b = k2.data();
+      const float* __restrict s = k3.data();
+      for (int64_t i = begin; i < end; ++i) {
+        const int64_t row = off + i * c;
+        for (int64_t j = 0; j < c; ++j) {
+          float gj = kRes ? Load(dres, row + j) : grad(row + j, j);
+          Store(dx, row + j, s[j] * (gj - a[j] - (Load(x, row + j) - m[j]) * b[j]));
+        }
+      }
+    }
+  }
+  for (int64_t j = 0; j < c; ++j) {
+    dscale[j] = static_cast<float>(total[j]);
+    dbias[j] = static_cast<float>(total[c + j]);
+  }
+}
+
+bool IsBf16(const ffi::AnyBuffer& b) { return b.element_type() == ffi::DataType::BF16; }
+
+template <typename T>
+T* Data(const ffi::AnyBuffer& b) {
+  return static_cast<T*>(const_cast<void*>(static_cast<const void*>(b.untyped_data())));
+}
+
+ffi::Error Dims(const ffi::AnyBuffer& x, int64_t* g, int64_t* r, int64_t* c) {
+  auto d = x.dimensions();
+  if (d.size() != 3) return ffi::Error::InvalidArgument("regnet_jax batch norm: x must be (groups, rows, C)");
+  if (x.element_type() != ffi::DataType::F32 && x.element_type() != ffi::DataType::BF16) {
+    return ffi::Error::InvalidArgument("regnet_jax batch norm: float32 or bfloat16 activations only");
+  }
+  *g = d[0];
+  *r = d[1];
+  *c = d[2];
+  if (*r < 1) return ffi::Error::InvalidArgument("regnet_jax batch norm: no rows to normalise");
+  return ffi::Error::Success();
+}
+
+template <typename T>
+void ForwardDispatch(const T* x, const float* scale, const float* bias, const T* res, T* y, float* mean, float* var,
+                     int64_t g, int64_t r, int64_t c, float eps, bool relu) {
+  if (res) {
+    (relu ? Forward<T, true, true> : Forward<T, false, true>)(x, scale, bias, res, y, mean, var, g, r, c, eps);
+  } else {
+    (relu ? Forward<T, true, false> : Forward<T, false, false>)(x, scale, bias, res, y, mean, var, g, r, c, eps);
+  }
+}
+
+template <typename T>
+void BackwardDispatch(const T* x, const T* y, const T* dy, const float* mean, const float* var, const float* scale,
+                      const float* bias, T* dx, T* dres, float* dscale, float* dbias, int64_t g, int64_t r, int64_t c,
+                      float eps, bool relu) {
+  auto* fn = dres ? (relu ? Backward<T, true, true> : Backward<T, false, true>)
+                  : (relu ? Backward<T, true, false> : Backward<T, false, false>);
+  fn(x, y, dy, mean, var, scale, bias, dx, dres, dscale, dbias, g, r, c, eps);
+}
+
+ffi::Error Fwd(ffi::AnyBuffer x, ffi::Buffer<ffi::F32> scale, ffi::Buffer<ffi::F32> bias, const ffi::AnyBuffer* res,
+               ffi::Result<ffi::AnyBuffer> y, ffi::Result<ffi::Buffer<ffi::F32>> mean,
+               ffi::Result<ffi::Buffer<ffi::F32>> var, float eps, bool relu) {
+  int64_t g, r, c;
+  if (auto e = Dims(x, &g, &r, &c); e.failure()) return e;
+  if (IsBf16(x)) {
+    ForwardDispatch(Data<uint16_t>(x), scale.typed_data(), bias.typed_data(), res ? Data<uint16_t>(*res) : nullptr,
+            Data<uint16_t>(*y), mean->typed_data(), var->typed_data(), g, r, c, eps, relu);
+  } else {
+    ForwardDispatch(Data<float>(x), scale.typed_data(), bias.typed_data(), res ? Data<float>(*res) : nullptr,
+            Data<float>(*y), mean->typed_data(), var->typed_data(), g, r, c, eps, relu);
+  }
+  return ffi::Error::Success();
+}
+
+ffi::Error Bwd(ffi::AnyBuffer x, const ffi::AnyBuffer* y, ffi::AnyBuffer dy, ffi::Buffer<ffi::F32> mean,
+               ffi::Buffer<ffi::F32> var, ffi::Buffer<ffi::F32> scale, const float* bias,
+               ffi::Result<ffi::AnyBuffer> dx, ffi::Result<ffi::Buffer<ffi::F32>> dscale,
+               ffi::Result<ffi::Buffer<ffi::F32>> dbias, ffi::AnyBuffer* dres, float eps, bool relu) {
+  int64_t g, r, c;
+  if (auto e = Dims(x, &g, &r, &c); e.failure()) return e;
+  if (IsBf16(x)) {
+    BackwardDispatch(Data<uint16_t>(x), y ? Data<uint16_t>(*y) : nullptr, Data<uint16_t>(dy), mean.typed_data(),
+             var.typed_data(), scale.typed_data(), bias, Data<uint16_t>(*dx), dres ? Data<uint16_t>(*dres) : nullptr, dscale->typed_data(),
+             dbias->typed_data(), g, r, c, eps, relu);
+  } else {
+    BackwardDispatch(Data<float>(x), y ? Data<float>(*y) : nullptr, Data<float>(dy), mean.typed_data(),
+             var.typed_data(), scale.typed_data(), bias, Data<float>(*dx), dres ? Data<float>(*dres) : nullptr, dscale->typed_data(),
+             dbias->typed_data(), g, r, c, eps, relu);
+  }
+  return ffi::Error::Success();
+}
+
+ffi::Error BnFwd(ffi::AnyBuffer x, ffi::Buffer<ffi::F32> scale, ffi::Buffer<ffi::F32> bias,
+                 ffi::Result<ffi::AnyBuffer> y, ffi::Result<ffi::Buffer<ffi::F32>> mean,
+                 ffi::Result<ffi::Buffer<ffi::F32>> var, float eps, bool relu) {
+  return Fwd(x, scale, bias, nullptr, y, mean, var, eps, relu);
+}
+
+ffi::Error BnFwdResidual(ffi::AnyBuffer x, ffi::Buffer<ffi::F32> scale, ffi::Buffer<ffi::F32> bias,
+                         ffi::AnyBuffer res, ffi::Result<ffi::AnyBuffer> y, ffi::Result<ffi::Buffer<ffi::F32>> mean,
+                         ffi::Result<ffi::Buffer<ffi::F32>> var, float eps, bool relu) {
+  return Fwd(x, scale, bias, &res, y, mean, var, eps, relu);
+}
+
+ffi::Error BnBwd(ffi::AnyBuffer x, ffi::AnyBuffer dy, ffi::Buffer<ffi::F32> mean, ffi::Buffer<ffi::F32> var,
+                 ffi::Buffer<ffi::F32> scale, ffi::Buffer<ffi::F32> bias, ffi::Result<ffi::AnyBuffer> dx,
+                 ffi::Result<ffi::Buffer<ffi::F32>> dscale, ffi::Result<ffi::Buffer<ffi::F32>> dbias, float eps,
+                 bool relu) {
+  return Bwd(x, nullptr, dy, mean, var, scale, bias.typed_data(), dx, dscale, dbias, nullptr, eps, relu);
+}
+
+ffi::Error BnBwdResidual(ffi::AnyBuffer x, ffi::AnyBuffer y, ffi::AnyBuffer dy, ffi::Buffer<ffi::F32> mean,
+                         ffi::Buffer<ffi::F32> var, ffi::Buffer<ffi::F32> scale, ffi::Result<ffi::AnyBuffer> dx,
+                         ffi::Result<ffi::Buffer<ffi::F32>> dscale, ffi::Result<ffi::Buffer<ffi::F32>> dbias,
+                         ffi::Result<ffi::AnyBuffer> dres, float eps, bool relu) {
+  return Bwd(x, &y, dy, mean, var, scale, nullptr, dx, dscale, dbias, &(*dres), eps, relu);
+}
+
+}  // namespace
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(RegnetBnFwd, BnFwd,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::AnyBuffer>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Attr<float>("eps")
+                                  .Attr<bool>("relu"));
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(RegnetBnFwdResidual, BnFwdResidual,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Ret<ffi::AnyBuffer>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Attr<float>("eps")
+                                  .Attr<bool>("relu"));
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(RegnetBnBwd, BnBwd,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::AnyBuffer>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Attr<float>("eps")
+                                  .Attr<bool>("relu"));
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(RegnetBnBwdResidual, BnBwdResidual,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::AnyBuffer>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::AnyBuffer>()
+                                  .Attr<float>("eps")
+                                  .Attr<bool>("relu"));
