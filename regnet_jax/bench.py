@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -24,7 +25,7 @@ import time
 if __name__ == "__main__":
   # Before JAX is imported: the re-exec (regnet_jax/runtime.py) would otherwise import it twice.
   from regnet_jax import runtime
-  runtime.reexec_with_huge_pages()
+  runtime.reexec_with_malloc_tunables()
 
 import jax
 import jax.numpy as jnp
@@ -41,17 +42,17 @@ def synthetic_info(channels: int, num_classes: int) -> DatasetInfo:
 
 
 def bench(model: str, *, batch_size: int = 128, image_size: int = 224, channels: int = 3, num_classes: int = 1000,
-          conv_impl: str = "auto", half_precision: bool = False, scan_blocks: bool = False, mode: str = "train",
+          conv_impl: str = "auto", bn_impl: str = "auto", half_precision: bool = False, scan_blocks: bool = False, mode: str = "train",
           steps_: int = 10, warmup: int = 2) -> dict:
   spec = zoo.get_spec(model)
   info = synthetic_info(channels, num_classes)
   c = config_lib.base_config()
-  c.update(dict(model=model, conv_impl=conv_impl, half_precision=half_precision, scan_blocks=scan_blocks,
+  c.update(dict(model=model, conv_impl=conv_impl, bn_impl=bn_impl, half_precision=half_precision, scan_blocks=scan_blocks,
                 image_size=image_size, batch_size=batch_size))
   config_lib.validate(c)
   mesh = sharding.make_mesh()
   sharding.check_global_batch(batch_size, mesh)
-  net = anynet.build_model(spec, num_classes=num_classes, conv_impl=conv_impl, scan_blocks=scan_blocks,
+  net = anynet.build_model(spec, num_classes=num_classes, conv_impl=conv_impl, bn_impl=bn_impl, scan_blocks=scan_blocks,
                            dtype=jnp.bfloat16 if half_precision else jnp.float32)
   tx = optim.make_optimizer(c, steps_per_epoch=1000)
   kw = dict(model=net, tx=tx, info=info, image_size=image_size)
@@ -88,17 +89,22 @@ def bench(model: str, *, batch_size: int = 128, image_size: int = 224, channels:
   for _ in range(warmup):
     state = run(state)
   times = []
+  faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
   for _ in range(steps_):
     t = time.perf_counter()
     state = run(state)
     times.append(time.perf_counter() - t)
+  # Page faults per step: XLA:CPU's per-step buffers are fresh memory unless the allocator keeps them
+  # (regnet_jax/runtime.py); each fault is a page the kernel zeroes inside the timed step.
+  faults = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults) / max(steps_, 1)
   med = statistics.median(times)
   return {"model": model, "mode": mode, "batch_size": batch_size, "image_size": image_size, "channels": channels,
-          "num_classes": num_classes, "conv_impl": conv_impl, "half_precision": half_precision,
+          "num_classes": num_classes, "conv_impl": conv_impl, "bn_impl": bn_impl, "half_precision": half_precision,
           "scan_blocks": scan_blocks, "steps": steps_, "warmup": warmup, "backend": jax.default_backend(),
           "devices": jax.device_count(), "jax": jax.__version__, "compile_s": compile_s, "step_s_median": med,
           "step_s_min": min(times), "img_per_s": batch_size / med,
-          "peak_rss_mb": peak_rss_mb()}
+          "minor_faults_per_step": faults, "peak_rss_mb": peak_rss_mb(),
+          "glibc_tunables": os.environ.get("GLIBC_TUNABLES", "")}  # set by runtime.py; the PyTorch child shares them
 
 
 def torch_reference(args) -> dict:
@@ -122,6 +128,7 @@ def main(argv=None) -> int:
   p.add_argument("--channels", type=int, default=3)
   p.add_argument("--num-classes", type=int, default=1000)
   p.add_argument("--conv-impl", default="auto")
+  p.add_argument("--bn-impl", default="auto", help="xla, native (fused BN+add+ReLU, CPU) or auto")
   p.add_argument("--half-precision", action="store_true", help="bf16 compute, f32 parameters")
   p.add_argument("--scan-blocks", action="store_true", help="nn.scan over identical blocks")
   p.add_argument("--mode", choices=("train", "eval"), default="train")
@@ -132,7 +139,7 @@ def main(argv=None) -> int:
   a = p.parse_args(argv)
   try:
     r = bench(a.model, batch_size=a.batch_size, image_size=a.image_size, channels=a.channels,
-              num_classes=a.num_classes, conv_impl=a.conv_impl, half_precision=a.half_precision,
+              num_classes=a.num_classes, conv_impl=a.conv_impl, bn_impl=a.bn_impl, half_precision=a.half_precision,
               scan_blocks=a.scan_blocks, mode=a.mode, steps_=a.steps, warmup=a.warmup)
   except (KeyError, ValueError) as e:
     print(f"error: {e}", file=sys.stderr)
@@ -144,7 +151,7 @@ def main(argv=None) -> int:
     print(json.dumps(r))
   else:
     print(f"{r['model']} {r['mode']} batch {r['batch_size']} {r['image_size']}x{r['image_size']}x{r['channels']} "
-          f"conv_impl={r['conv_impl']}{' bf16' if r['half_precision'] else ''}{' scan' if r['scan_blocks'] else ''}"
+          f"conv_impl={r['conv_impl']} bn_impl={r['bn_impl']}{' bf16' if r['half_precision'] else ''}{' scan' if r['scan_blocks'] else ''}"
           f": compile {r['compile_s']:.1f} s | step median {r['step_s_median']:.3f} s (min {r['step_s_min']:.3f}) "
           f"| {r['img_per_s']:.1f} img/s | peak RSS {r['peak_rss_mb']:.0f} MB")
     if a.compare_torch:

@@ -14,7 +14,7 @@ from regnet_jax import anynet, bench, zoo
 
 def test_bench_reports_the_step():
   r = bench.bench("regnetx32", batch_size=8, image_size=32, channels=1, num_classes=10, steps_=2, warmup=1)
-  assert r["model"] == "regnetx32" and r["mode"] == "train" and r["conv_impl"] == "auto"
+  assert r["model"] == "regnetx32" and r["mode"] == "train" and r["conv_impl"] == r["bn_impl"] == "auto"
   assert r["compile_s"] > 0 and 0 < r["step_s_min"] <= r["step_s_median"]
   assert r["img_per_s"] == pytest.approx(8 / r["step_s_median"])
   assert r["peak_rss_mb"] > 100
@@ -25,11 +25,15 @@ def test_bench_cli_json_and_errors():
                         "--image-size=32", "--channels=1", "--num-classes=10", "--mode=eval", "--steps=1",
                         "--warmup=0", "--json"], capture_output=True, text=True, check=True).stdout
   r = json.loads(out)
-  assert {"img_per_s", "step_s_median", "compile_s", "peak_rss_mb", "conv_impl", "batch_size"} <= set(r)
+  assert {"img_per_s", "step_s_median", "compile_s", "peak_rss_mb", "conv_impl", "bn_impl", "batch_size",
+          "minor_faults_per_step", "glibc_tunables"} <= set(r)
   assert r["mode"] == "eval"
   bad = subprocess.run([sys.executable, "-m", "regnet_jax.bench", "--model=regnetx33"], capture_output=True,
                        text=True)
   assert bad.returncode == 2 and "closest: regnetx32" in bad.stderr
+  bad = subprocess.run([sys.executable, "-m", "regnet_jax.bench", "--model=regnetx32", "--bn-impl=fused"],
+                       capture_output=True, text=True)
+  assert bad.returncode == 2 and "bn_impl" in bad.stderr
 
 
 @pytest.mark.parametrize("name", ["regnetx32", "regnety32"])
