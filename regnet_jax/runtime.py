@@ -9,31 +9,68 @@ steps (measured, see README "Performance"). glibc reads tunables only at process
 re-executes itself once with GLIBC_TUNABLES extended; the process keeps its PID, so launchers and signal
 handling are unaffected. Nothing happens off Linux/glibc, where THP is off ("[never]"), when the tunable is
 already set, or with REGNET_JAX_THP=0.
+
+Keeping freed memory (`REGNET_JAX_MALLOC`). Even with huge pages, a fresh mmap per step means the kernel zeroes
+every page of the step's temporaries again (600-800 huge-page faults per regnetx32 step). With
+`glibc.malloc.mmap_max=0` (big blocks come from the heap), an unbounded `trim_threshold` (freed heap is not handed
+back) and `arena_max=1` (XLA's worker threads allocate from that same heap) the block is reused: ~20-50 faults
+per step instead of 600-800, the regnetx32 train step 5-8% faster in the benchmark and the 2-epoch Fashion-MNIST
+job 8% faster end to end (measured, see README "Performance"), for a resident size that stays at its peak: 5.1 GB
+instead of 1.4 GB for that job (the train and eval steps' blocks and the heap's fragmentation).
+`REGNET_JAX_MALLOC=retain` always does this, `system` never, `auto` (the default) only where JAX will run on the
+CPU (JAX_PLATFORMS=cpu, or unset on a machine with no NVIDIA GPU or TPU device nodes) and the machine has at least
+16 GiB of memory: on accelerator hosts the big buffers live on the device and one malloc arena could slow a
+threaded input pipeline; on a small laptop the extra resident gigabytes cost more than 8% of speed.
 """
 from __future__ import annotations
 
+import glob
 import os
 import platform
 import sys
 
 HUGETLB_TUNABLE = "glibc.malloc.hugetlb=1"
+RETAIN_TUNABLES = ("glibc.malloc.mmap_max=0", f"glibc.malloc.trim_threshold={1 << 40}", "glibc.malloc.arena_max=1")
+MALLOC_MODES = ("auto", "retain", "system")
 THP_MODE_FILE = "/sys/kernel/mm/transparent_hugepage/enabled"
+ACCELERATOR_NODES = ("/dev/nvidia[0-9]*", "/dev/accel[0-9]*", "/dev/vfio/[0-9]*")
+RETAIN_MIN_MEMORY = 16 << 30
 
 
-def thp_tunable_env(environ: dict[str, str], *, thp_mode: str | None, libc: str) -> dict[str, str] | None:
-  """The environment to re-execute with, or None when nothing should change."""
-  if environ.get("REGNET_JAX_THP", "1") == "0" or libc != "glibc":
+def runs_on_cpu(environ: dict[str, str], *, accelerator_nodes: bool) -> bool:
+  """Whether JAX will compute on the CPU, guessed before JAX is imported."""
+  platforms = environ.get("JAX_PLATFORMS", "")
+  if platforms:
+    return platforms.split(",")[0].strip() == "cpu"
+  return not accelerator_nodes
+
+
+def malloc_tunables_env(environ: dict[str, str], *, thp_mode: str | None, libc: str,
+                        accelerator_nodes: bool = False, memory_bytes: int = RETAIN_MIN_MEMORY
+                        ) -> dict[str, str] | None:
+  """The environment to re-execute with, or None when nothing should change (see the module docstring)."""
+  mode = environ.get("REGNET_JAX_MALLOC", "auto") or "auto"
+  if mode not in MALLOC_MODES:
+    raise ValueError(f"REGNET_JAX_MALLOC={mode!r} is not one of {', '.join(MALLOC_MODES)}; unset it for auto")
+  if libc != "glibc":
     return None
-  if thp_mode is None or "[never]" in thp_mode:
-    return None
+  want = []
+  if environ.get("REGNET_JAX_THP", "1") != "0" and thp_mode is not None and "[never]" not in thp_mode:
+    want.append(HUGETLB_TUNABLE)
+  if mode == "retain" or (mode == "auto" and memory_bytes >= RETAIN_MIN_MEMORY
+                          and runs_on_cpu(environ, accelerator_nodes=accelerator_nodes)):
+    want.extend(RETAIN_TUNABLES)
   tunables = environ.get("GLIBC_TUNABLES", "")
-  if "glibc.malloc.hugetlb" in tunables:
+  # A tunable the user set (to any value) is left alone; so are ours after the re-exec, so there is no exec loop.
+  present = {part.split("=")[0] for part in tunables.split(":")}
+  missing = [t for t in want if t.split("=")[0] not in present]
+  if not missing:
     return None
-  return dict(environ, GLIBC_TUNABLES=f"{tunables}:{HUGETLB_TUNABLE}" if tunables else HUGETLB_TUNABLE)
+  return dict(environ, GLIBC_TUNABLES=":".join([tunables] + missing if tunables else missing))
 
 
-def reexec_with_huge_pages() -> None:
-  """Re-executes this process with the glibc huge-page tunable if it is missing (see the module docstring)."""
+def reexec_with_malloc_tunables() -> None:
+  """Re-executes this process once with the glibc malloc tunables it lacks (see the module docstring)."""
   if sys.platform != "linux" or not getattr(sys, "orig_argv", None):
     return
   try:
@@ -41,7 +78,13 @@ def reexec_with_huge_pages() -> None:
       mode = f.read()
   except OSError:
     mode = None
-  env = thp_tunable_env(dict(os.environ), thp_mode=mode, libc=platform.libc_ver()[0])
+  nodes = any(glob.glob(pattern) for pattern in ACCELERATOR_NODES)
+  try:
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+  except (ValueError, OSError):
+    memory = 0
+  env = malloc_tunables_env(dict(os.environ), thp_mode=mode, libc=platform.libc_ver()[0], accelerator_nodes=nodes,
+                            memory_bytes=memory)
   if env is None:
     return
   sys.stdout.flush()
