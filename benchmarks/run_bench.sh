@@ -10,7 +10,7 @@ for X in "$X32" "$X400"; do
   $B $X --compare-torch                                     # auto: onednn convs + native BN on this CPU
   $B $X --conv-impl=onednn --bn-impl=xla
   for i in custom_vjp split im2col; do $B $X --conv-impl=$i --bn-impl=xla; done
-  $B $X --half-precision
+  $B $X --half-precision --compare-torch                    # PyTorch under autocast bf16
   $B $X --half-precision --conv-impl=onednn --bn-impl=xla
   for i in custom_vjp split im2col; do $B $X --half-precision --conv-impl=$i --bn-impl=xla; done
   # The allocator setting (regnet_jax/runtime.py) off, for both frameworks.

@@ -1,14 +1,15 @@
 """Benchmark the real jitted train (or eval) step of the training code on device-resident random data.
 
   python -m regnet_jax.bench --model=regnetx32 --batch-size=128 --image-size=96 --channels=1 --num-classes=10 \
-      [--conv-impl=auto] [--half-precision] [--scan-blocks] [--mode=train|eval] [--steps=10] [--warmup=2] \
-      [--compare-torch] [--json]
+      [--conv-impl=auto] [--bn-impl=auto] [--half-precision] [--scan-blocks] [--mode=train|eval] [--steps=10] \
+      [--warmup=2] [--compare-torch] [--json]
 
 The step timed is `regnet_jax.steps.train_step` exactly as training runs it (on-device normalisation, forward,
 backward, SGD update, BN statistics, state donated); only the input is random uint8 images already on the device
-at the model's resolution. Prints compile seconds, median and min step seconds, img/s and peak RSS.
-`--compare-torch` also times the same network in PyTorch eager (channels_last) in a subprocess, in the same run,
-and prints the ratio.
+at the model's resolution. Prints compile seconds, median and min step seconds, img/s and peak RSS (`--json`
+adds page faults per step and the glibc malloc tunables the process ran with, see regnet_jax/runtime.py).
+`--compare-torch` also times the same network in PyTorch eager (channels_last; with --half-precision under
+torch.autocast bfloat16) in a subprocess with the same environment, in the same run, and prints the ratio.
 """
 
 from __future__ import annotations
@@ -108,11 +109,12 @@ def bench(model: str, *, batch_size: int = 128, image_size: int = 224, channels:
 
 
 def torch_reference(args) -> dict:
-  """PyTorch eager channels_last on the same network, in its own process (own RSS, own threads)."""
+  """PyTorch eager channels_last on the same network, in its own process (own RSS, own threads); with
+  --half-precision under torch.autocast bfloat16, the same f32-parameter / bf16-compute split as ours."""
   cmd = [sys.executable, "-m", "regnet_jax.torch_reference", f"--model={args.model}",
          f"--batch-size={args.batch_size}", f"--image-size={args.image_size}", f"--channels={args.channels}",
          f"--num-classes={args.num_classes}", f"--steps={args.steps}", f"--warmup={args.warmup}",
-         f"--mode={args.mode}", "--json"]
+         f"--mode={args.mode}", "--json"] + (["--bf16"] if args.half_precision else [])
   out = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ))
   if out.returncode:
     raise RuntimeError(f"PyTorch reference failed (install the compare extra: pip install -e '.[compare]'):\n"

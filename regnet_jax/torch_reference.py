@@ -117,7 +117,11 @@ def build(spec: AnyNetSpec, *, num_classes: int, in_channels: int):
 
 
 def time_train_step(name: str, *, batch_size: int, image_size: int, channels: int, num_classes: int, steps: int,
-                    warmup: int, mode: str = "train", channels_last: bool = True) -> dict:
+                    warmup: int, mode: str = "train", channels_last: bool = True, bf16: bool = False) -> dict:
+  """`bf16`: torch.autocast("cpu", bfloat16) around the forward pass and loss, f32 parameters and optimiser
+  (the counterpart of our half_precision)."""
+  import contextlib
+
   import torch
 
   spec = zoo.get_spec(name)
@@ -129,14 +133,18 @@ def time_train_step(name: str, *, batch_size: int, image_size: int, channels: in
   y = torch.randint(0, num_classes, (batch_size,))
   loss_fn = torch.nn.CrossEntropyLoss()
 
+  def autocast():
+    return torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+
   def step():
     if mode == "train":
       opt.zero_grad(set_to_none=True)
-      loss = loss_fn(net(x), y)
+      with autocast():
+        loss = loss_fn(net(x), y)
       loss.backward()
       opt.step()
     else:
-      with torch.no_grad():
+      with torch.no_grad(), autocast():
         net(x)
 
   net.train(mode == "train")
@@ -148,7 +156,8 @@ def time_train_step(name: str, *, batch_size: int, image_size: int, channels: in
     step()
     times.append(time.perf_counter() - t)
   med = statistics.median(times)
-  return {"impl": f"pytorch eager{' channels_last' if channels_last else ''}", "torch": torch.__version__,
+  return {"impl": f"pytorch eager{' channels_last' if channels_last else ''}{' autocast bf16' if bf16 else ''}",
+          "torch": torch.__version__,
           "threads": torch.get_num_threads(), "step_s_median": med, "step_s_min": min(times),
           "img_per_s": batch_size / med, "peak_rss_mb": peak_rss_mb()}
 
@@ -164,11 +173,12 @@ def main(argv=None) -> int:
   p.add_argument("--warmup", type=int, default=2)
   p.add_argument("--mode", choices=("train", "eval"), default="train")
   p.add_argument("--nchw", action="store_true", help="contiguous NCHW instead of channels_last")
+  p.add_argument("--bf16", action="store_true", help="torch.autocast bfloat16 (f32 parameters)")
   p.add_argument("--json", action="store_true")
   a = p.parse_args(argv)
   r = time_train_step(a.model, batch_size=a.batch_size, image_size=a.image_size, channels=a.channels,
                       num_classes=a.num_classes, steps=a.steps, warmup=a.warmup, mode=a.mode,
-                      channels_last=not a.nchw)
+                      channels_last=not a.nchw, bf16=a.bf16)
   print(json.dumps(r) if a.json else f"{r['impl']}: {r['img_per_s']:.1f} img/s, median step {r['step_s_median']:.3f} s")
   return 0
 
