@@ -3,18 +3,18 @@
 # reference timed in the same run (in a child process with the same environment); JSON lines to $1.
 cd "$(dirname "$0")/.."
 B=".venv/bin/python -m regnet_jax.bench"
-X32="--model=regnetx32 --batch-size=128 --image-size=96 --channels=1 --num-classes=10 --steps=20 --warmup=3 --json"
+X32="--model=regnetx32 --batch-size=128 --image-size=96 --channels=1 --num-classes=10 --steps=12 --warmup=3 --json"
 X400="--model=regnetx_400mf --batch-size=32 --image-size=224 --steps=10 --warmup=2 --json"
 {
 for X in "$X32" "$X400"; do
-  $B $X --compare-torch                                     # auto: onednn convs + native BN on this CPU
+  $B $X --compare-torch --rounds=3                                   # auto: onednn convs + native BN on this CPU
   $B $X --conv-impl=onednn --bn-impl=xla
   for i in custom_vjp split im2col; do $B $X --conv-impl=$i --bn-impl=xla; done
-  $B $X --half-precision --compare-torch                    # PyTorch under autocast bf16
+  $B $X --half-precision --compare-torch --rounds=3                  # PyTorch under autocast bf16
   $B $X --half-precision --conv-impl=onednn --bn-impl=xla
   for i in custom_vjp split im2col; do $B $X --half-precision --conv-impl=$i --bn-impl=xla; done
   # The allocator setting (regnet_jax/runtime.py) off, for both frameworks.
-  REGNET_JAX_MALLOC=system $B $X --compare-torch
+  REGNET_JAX_MALLOC=system $B $X --compare-torch --rounds=3
 done
 $B --model=regnetx32 --batch-size=128 --image-size=96 --channels=1 --num-classes=10 --steps=2 --warmup=1 --json \
     --conv-impl=xla --bn-impl=xla

@@ -2,7 +2,7 @@
 
   python -m regnet_jax.bench --model=regnetx32 --batch-size=128 --image-size=96 --channels=1 --num-classes=10 \
       [--conv-impl=auto] [--bn-impl=auto] [--half-precision] [--scan-blocks] [--mode=train|eval] [--steps=10] \
-      [--warmup=2] [--compare-torch] [--json]
+      [--warmup=2] [--compare-torch [--rounds=N]] [--json]
 
 The step timed is `regnet_jax.steps.train_step` exactly as training runs it (on-device normalisation, forward,
 backward, SGD update, BN statistics, state donated); only the input is random uint8 images already on the device
@@ -44,7 +44,9 @@ def synthetic_info(channels: int, num_classes: int) -> DatasetInfo:
 
 def bench(model: str, *, batch_size: int = 128, image_size: int = 224, channels: int = 3, num_classes: int = 1000,
           conv_impl: str = "auto", bn_impl: str = "auto", half_precision: bool = False, scan_blocks: bool = False, mode: str = "train",
-          steps_: int = 10, warmup: int = 2) -> dict:
+          steps_: int = 10, warmup: int = 2, rounds: int = 1, between_rounds=None) -> dict:
+  """Times `steps_` steps after `warmup`, `rounds` times; `between_rounds(i)` runs after round i (the PyTorch
+  reference: interleaving the two spreads the machine's drift over both). Figures: medians over all steps."""
   spec = zoo.get_spec(model)
   info = synthetic_info(channels, num_classes)
   c = config_lib.base_config()
@@ -89,19 +91,26 @@ def bench(model: str, *, batch_size: int = 128, image_size: int = 224, channels:
 
   for _ in range(warmup):
     state = run(state)
-  times = []
-  faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-  for _ in range(steps_):
-    t = time.perf_counter()
-    state = run(state)
-    times.append(time.perf_counter() - t)
-  # Page faults per step: XLA:CPU's per-step buffers are fresh memory unless the allocator keeps them
-  # (regnet_jax/runtime.py); each fault is a page the kernel zeroes inside the timed step.
-  faults = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults) / max(steps_, 1)
+  times, round_medians, faults = [], [], 0
+  for i in range(rounds):
+    f0, round_times = resource.getrusage(resource.RUSAGE_SELF).ru_minflt, []
+    for _ in range(steps_):
+      t = time.perf_counter()
+      state = run(state)
+      round_times.append(time.perf_counter() - t)
+    # Page faults per step: XLA:CPU's per-step buffers are fresh memory unless the allocator keeps them
+    # (regnet_jax/runtime.py); each fault is a page the kernel zeroes inside the timed step.
+    faults += resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0
+    times += round_times
+    round_medians.append(statistics.median(round_times))
+    if between_rounds is not None:
+      between_rounds(i)
+  faults /= max(steps_ * rounds, 1)
   med = statistics.median(times)
   return {"model": model, "mode": mode, "batch_size": batch_size, "image_size": image_size, "channels": channels,
           "num_classes": num_classes, "conv_impl": conv_impl, "bn_impl": bn_impl, "half_precision": half_precision,
-          "scan_blocks": scan_blocks, "steps": steps_, "warmup": warmup, "backend": jax.default_backend(),
+          "scan_blocks": scan_blocks, "steps": steps_, "warmup": warmup, "rounds": rounds,
+          "round_step_s_median": round_medians, "backend": jax.default_backend(),
           "devices": jax.device_count(), "jax": jax.__version__, "compile_s": compile_s, "step_s_median": med,
           "step_s_min": min(times), "img_per_s": batch_size / med,
           "minor_faults_per_step": faults, "peak_rss_mb": peak_rss_mb(),
@@ -137,17 +146,27 @@ def main(argv=None) -> int:
   p.add_argument("--steps", type=int, default=10, help="timed steps (median and min reported)")
   p.add_argument("--warmup", type=int, default=2, help="untimed steps after compilation")
   p.add_argument("--compare-torch", action="store_true", help="also time PyTorch eager channels_last")
+  p.add_argument("--rounds", type=int, default=1,
+                 help="repeat the timed steps this many times (with --compare-torch: alternating with PyTorch)")
   p.add_argument("--json", action="store_true")
   a = p.parse_args(argv)
+  if a.rounds < 1:
+    print(f"error: --rounds={a.rounds} must be >= 1", file=sys.stderr)
+    return 2
+  torch_runs = []
   try:
     r = bench(a.model, batch_size=a.batch_size, image_size=a.image_size, channels=a.channels,
               num_classes=a.num_classes, conv_impl=a.conv_impl, bn_impl=a.bn_impl, half_precision=a.half_precision,
-              scan_blocks=a.scan_blocks, mode=a.mode, steps_=a.steps, warmup=a.warmup)
+              scan_blocks=a.scan_blocks, mode=a.mode, steps_=a.steps, warmup=a.warmup, rounds=a.rounds,
+              between_rounds=(lambda i: torch_runs.append(torch_reference(a))) if a.compare_torch else None)
   except (KeyError, ValueError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
   if a.compare_torch:
-    r["torch"] = torch_reference(a)
+    # Medians over rounds; each round's ratio pairs our round with the PyTorch run right after it.
+    r["torch"] = dict(torch_runs[-1], img_per_s=statistics.median(t["img_per_s"] for t in torch_runs),
+                      round_img_per_s=[t["img_per_s"] for t in torch_runs])
+    r["round_ratios"] = [a.batch_size / s / t["img_per_s"] for s, t in zip(r["round_step_s_median"], torch_runs)]
     r["ratio_to_torch"] = r["img_per_s"] / r["torch"]["img_per_s"]
   if a.json:
     print(json.dumps(r))
@@ -158,7 +177,8 @@ def main(argv=None) -> int:
           f"| {r['img_per_s']:.1f} img/s | peak RSS {r['peak_rss_mb']:.0f} MB")
     if a.compare_torch:
       t = r["torch"]
-      print(f"  {t['impl']} (torch {t['torch']}): {t['img_per_s']:.1f} img/s -> ratio {r['ratio_to_torch']:.2f}x")
+      print(f"  {t['impl']} (torch {t['torch']}): {t['img_per_s']:.1f} img/s -> ratio {r['ratio_to_torch']:.2f}x"
+            f" (per round: {', '.join(f'{x:.2f}' for x in r['round_ratios'])})")
   return 0
 
 

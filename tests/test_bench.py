@@ -13,7 +13,10 @@ from regnet_jax import anynet, bench, zoo
 
 
 def test_bench_reports_the_step():
-  r = bench.bench("regnetx32", batch_size=8, image_size=32, channels=1, num_classes=10, steps_=2, warmup=1)
+  calls = []
+  r = bench.bench("regnetx32", batch_size=8, image_size=32, channels=1, num_classes=10, steps_=2, warmup=1,
+                  rounds=2, between_rounds=calls.append)
+  assert calls == [0, 1] and len(r["round_step_s_median"]) == 2
   assert r["model"] == "regnetx32" and r["mode"] == "train" and r["conv_impl"] == r["bn_impl"] == "auto"
   assert r["compile_s"] > 0 and 0 < r["step_s_min"] <= r["step_s_median"]
   assert r["img_per_s"] == pytest.approx(8 / r["step_s_median"])

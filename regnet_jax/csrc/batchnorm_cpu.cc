@@ -63,6 +63,34 @@ inline void Rows(int64_t r, int t, int T, int64_t* begin, int64_t* end) {
   *end = std::min<int64_t>(r, *begin + chunk);
 }
 
+// acc[j] and acc[c + j] = the sums over rows [begin, end) of the two quantities q(at, j, &q1, &q2) gives for the
+// element at offset `at` (row offset + j): float within kBlock-row blocks (vectorised over channels), double
+// across them.
+template <typename Q>
+void SumRows(int64_t begin, int64_t end, int64_t off, int64_t c, double* acc, Q q) {
+  std::fill(acc, acc + 2 * c, 0.0);
+  std::vector<float> s1(c), s2(c);
+  for (int64_t b0 = begin; b0 < end; b0 += kBlock) {
+    std::fill(s1.begin(), s1.end(), 0.f);
+    std::fill(s2.begin(), s2.end(), 0.f);
+    float* __restrict a1 = s1.data();
+    float* __restrict a2 = s2.data();
+    for (int64_t i = b0; i < std::min(end, b0 + kBlock); ++i) {
+      const int64_t row = off + i * c;
+      for (int64_t j = 0; j < c; ++j) {
+        float q1, q2;
+        q(row + j, j, q1, q2);
+        a1[j] += q1;
+        a2[j] += q2;
+      }
+    }
+    for (int64_t j = 0; j < c; ++j) {
+      acc[j] += a1[j];
+      acc[c + j] += a2[j];
+    }
+  }
+}
+
 // Per-thread channel accumulators in double, summed into `out` (2 x C: first and second quantity).
 struct Partials {
   int64_t c;
@@ -87,8 +115,8 @@ struct Partials {
 
 // kRelu / kRes are template parameters so that the inner loops compile without branches and vectorise.
 template <typename T, bool kRelu, bool kRes>
-void Forward(const T* x, const float* scale, const float* bias, const T* res, T* y, float* mean_out,
-             float* var_out, int64_t groups, int64_t r, int64_t c, float eps) {
+void Forward(const T* __restrict x, const float* scale, const float* bias, const T* __restrict res, T* __restrict y,
+             float* mean_out, float* var_out, int64_t groups, int64_t r, int64_t c, float eps) {
   int nt = omp_get_max_threads();
   Partials part(nt, c);
   std::vector<double> sums(2 * c);
@@ -102,28 +130,12 @@ void Forward(const T* x, const float* scale, const float* bias, const T* res, T*
       Rows(r, t, nthreads, &begin, &end);
 #pragma omp single
       for (int64_t j = 0; j < c; ++j) shift[j] = Load(x, off + j);
-      double* acc = part.Of(t);
-      std::fill(acc, acc + 2 * c, 0.0);
-      std::vector<float> s1(c), s2(c);
-      const float* k = shift.data();
-      for (int64_t b0 = begin; b0 < end; b0 += kBlock) {
-        std::fill(s1.begin(), s1.end(), 0.f);
-        std::fill(s2.begin(), s2.end(), 0.f);
-        float* __restrict a1 = s1.data();
-        float* __restrict a2 = s2.data();
-        for (int64_t i = b0; i < std::min(end, b0 + kBlock); ++i) {
-          const int64_t row = off + i * c;
-          for (int64_t j = 0; j < c; ++j) {
-            float d = Load(x, row + j) - k[j];
-            a1[j] += d;
-            a2[j] += d * d;
-          }
-        }
-        for (int64_t j = 0; j < c; ++j) {
-          acc[j] += a1[j];
-          acc[c + j] += a2[j];
-        }
-      }
+      const float* __restrict k = shift.data();
+      SumRows(begin, end, off, c, part.Of(t), [&](int64_t at, int64_t j, float& q1, float& q2) {
+        float d = Load(x, at) - k[j];
+        q1 = d;
+        q2 = d * d;
+      });
 #pragma omp barrier
       part.Reduce(t, nthreads, sums.data());
 #pragma omp barrier
@@ -154,10 +166,11 @@ void Forward(const T* x, const float* scale, const float* bias, const T* res, T*
 }
 
 // ReLU mask: with a residual from y (> 0 where the output is), else recomputed from x (one stream fewer to read).
+// The buffers are distinct (XLA aliases no output to an input here), hence __restrict.
 template <typename T, bool kRelu, bool kRes>
-void Backward(const T* x, const T* y, const T* dy, const float* mean_in, const float* var_in, const float* scale,
-              const float* bias, T* dx, T* dres, float* dscale, float* dbias, int64_t groups, int64_t r, int64_t c,
-              float eps) {
+void Backward(const T* __restrict x, const T* __restrict y, const T* __restrict dy, const float* mean_in,
+              const float* var_in, const float* scale, const float* bias, T* __restrict dx, T* __restrict dres,
+              float* dscale, float* dbias, int64_t groups, int64_t r, int64_t c, float eps) {
   int nt = omp_get_max_threads();
   Partials part(nt, c);
   std::vector<double> sums(2 * c), total(2 * c, 0.0);
@@ -174,39 +187,30 @@ void Backward(const T* x, const T* y, const T* dy, const float* mean_in, const f
       const int t = omp_get_thread_num(), nthreads = omp_get_num_threads();
       int64_t begin, end;
       Rows(r, t, nthreads, &begin, &end);
-      double* acc = part.Of(t);
-      std::fill(acc, acc + 2 * c, 0.0);
-      std::vector<float> s1(c), s2(c);
       const float* __restrict m = mean;
       const float* __restrict fs = mul.data();
-      auto grad = [&](int64_t at, int64_t j) {  // dy through the ReLU
-        float gj = Load(dy, at);
+      const float* __restrict fb = bias;
+      // Thread-local copies: the shared parameters live in OpenMP's shared-data block, and with the dres store
+      // in the loop GCC could not prove them loop-invariant (no vectorisation).
+      const T* __restrict xs = x;
+      const T* __restrict ys = y;
+      const T* __restrict dys = dy;
+      T* __restrict dress = dres;
+      auto grad = [=](int64_t at, int64_t j) {  // dy through the ReLU
+        float gj = Load(dys, at);
         if (kRelu) {
-          bool on = kRes ? Load(y, at) > 0.f : PreActivation(Load(x, at), m[j], fs[j], bias[j]) > 0.f;
+          bool on = kRes ? Load(ys, at) > 0.f : PreActivation(Load(xs, at), m[j], fs[j], fb[j]) > 0.f;
           if (!on) gj = 0.f;
         }
         return gj;
       };
       // Pass 1: g = dy masked by the ReLU (y > 0); sums of g and g * (x - mean); g is the residual's gradient.
-      for (int64_t b0 = begin; b0 < end; b0 += kBlock) {
-        std::fill(s1.begin(), s1.end(), 0.f);
-        std::fill(s2.begin(), s2.end(), 0.f);
-        float* __restrict a1 = s1.data();
-        float* __restrict a2 = s2.data();
-        for (int64_t i = b0; i < std::min(end, b0 + kBlock); ++i) {
-          const int64_t row = off + i * c;
-          for (int64_t j = 0; j < c; ++j) {
-            float gj = grad(row + j, j);
-            if (kRes) Store(dres, row + j, gj);
-            a1[j] += gj;
-            a2[j] += gj * (Load(x, row + j) - m[j]);
-          }
-        }
-        for (int64_t j = 0; j < c; ++j) {
-          acc[j] += a1[j];
-          acc[c + j] += a2[j];
-        }
-      }
+      SumRows(begin, end, off, c, part.Of(t), [=](int64_t at, int64_t j, float& q1, float& q2) {
+        float gj = grad(at, j);
+        if (kRes) Store(dress, at, gj);
+        q1 = gj;
+        q2 = gj * (Load(xs, at) - m[j]);
+      });
 #pragma omp barrier
       part.Reduce(t, nthreads, sums.data());
 #pragma omp barrier
@@ -278,115 +282,80 @@ void BackwardDispatch(const T* x, const T* y, const T* dy, const float* mean, co
   fn(x, y, dy, mean, var, scale, bias, dx, dres, dscale, dbias, g, r, c, eps);
 }
 
-ffi::Error Fwd(ffi::AnyBuffer x, ffi::Buffer<ffi::F32> scale, ffi::Buffer<ffi::F32> bias, const ffi::AnyBuffer* res,
-               ffi::Result<ffi::AnyBuffer> y, ffi::Result<ffi::Buffer<ffi::F32>> mean,
-               ffi::Result<ffi::Buffer<ffi::F32>> var, float eps, bool relu) {
+using F32 = ffi::Buffer<ffi::F32>;
+
+// Runs fn(T{}) with T the activations' storage type: float, or uint16_t holding bfloat16.
+template <typename Fn>
+void WithStorageType(const ffi::AnyBuffer& x, Fn fn) {
+  if (IsBf16(x)) {
+    fn(uint16_t{});
+  } else {
+    fn(float{});
+  }
+}
+
+ffi::Error Fwd(ffi::AnyBuffer x, F32 scale, F32 bias, const ffi::AnyBuffer* res, ffi::Result<ffi::AnyBuffer> y,
+               ffi::Result<F32> mean, ffi::Result<F32> var, float eps, bool relu) {
   int64_t g, r, c;
   if (auto e = Dims(x, &g, &r, &c); e.failure()) return e;
-  if (IsBf16(x)) {
-    ForwardDispatch(Data<uint16_t>(x), scale.typed_data(), bias.typed_data(), res ? Data<uint16_t>(*res) : nullptr,
-            Data<uint16_t>(*y), mean->typed_data(), var->typed_data(), g, r, c, eps, relu);
-  } else {
-    ForwardDispatch(Data<float>(x), scale.typed_data(), bias.typed_data(), res ? Data<float>(*res) : nullptr,
-            Data<float>(*y), mean->typed_data(), var->typed_data(), g, r, c, eps, relu);
-  }
+  WithStorageType(x, [&](auto tag) {
+    using T = decltype(tag);
+    ForwardDispatch(Data<T>(x), scale.typed_data(), bias.typed_data(), res ? Data<T>(*res) : nullptr, Data<T>(*y),
+                    mean->typed_data(), var->typed_data(), g, r, c, eps, relu);
+  });
   return ffi::Error::Success();
 }
 
-ffi::Error Bwd(ffi::AnyBuffer x, const ffi::AnyBuffer* y, ffi::AnyBuffer dy, ffi::Buffer<ffi::F32> mean,
-               ffi::Buffer<ffi::F32> var, ffi::Buffer<ffi::F32> scale, const float* bias,
-               ffi::Result<ffi::AnyBuffer> dx, ffi::Result<ffi::Buffer<ffi::F32>> dscale,
-               ffi::Result<ffi::Buffer<ffi::F32>> dbias, ffi::AnyBuffer* dres, float eps, bool relu) {
+ffi::Error Bwd(ffi::AnyBuffer x, const ffi::AnyBuffer* y, ffi::AnyBuffer dy, F32 mean, F32 var, F32 scale,
+               const float* bias, ffi::Result<ffi::AnyBuffer> dx, ffi::Result<F32> dscale, ffi::Result<F32> dbias,
+               ffi::AnyBuffer* dres, float eps, bool relu) {
   int64_t g, r, c;
   if (auto e = Dims(x, &g, &r, &c); e.failure()) return e;
-  if (IsBf16(x)) {
-    BackwardDispatch(Data<uint16_t>(x), y ? Data<uint16_t>(*y) : nullptr, Data<uint16_t>(dy), mean.typed_data(),
-             var.typed_data(), scale.typed_data(), bias, Data<uint16_t>(*dx), dres ? Data<uint16_t>(*dres) : nullptr, dscale->typed_data(),
-             dbias->typed_data(), g, r, c, eps, relu);
-  } else {
-    BackwardDispatch(Data<float>(x), y ? Data<float>(*y) : nullptr, Data<float>(dy), mean.typed_data(),
-             var.typed_data(), scale.typed_data(), bias, Data<float>(*dx), dres ? Data<float>(*dres) : nullptr, dscale->typed_data(),
-             dbias->typed_data(), g, r, c, eps, relu);
-  }
+  WithStorageType(x, [&](auto tag) {
+    using T = decltype(tag);
+    BackwardDispatch(Data<T>(x), y ? Data<T>(*y) : nullptr, Data<T>(dy), mean.typed_data(), var.typed_data(),
+                     scale.typed_data(), bias, Data<T>(*dx), dres ? Data<T>(*dres) : nullptr, dscale->typed_data(),
+                     dbias->typed_data(), g, r, c, eps, relu);
+  });
   return ffi::Error::Success();
 }
 
-ffi::Error BnFwd(ffi::AnyBuffer x, ffi::Buffer<ffi::F32> scale, ffi::Buffer<ffi::F32> bias,
-                 ffi::Result<ffi::AnyBuffer> y, ffi::Result<ffi::Buffer<ffi::F32>> mean,
-                 ffi::Result<ffi::Buffer<ffi::F32>> var, float eps, bool relu) {
+ffi::Error BnFwd(ffi::AnyBuffer x, F32 scale, F32 bias, ffi::Result<ffi::AnyBuffer> y, ffi::Result<F32> mean,
+                 ffi::Result<F32> var, float eps, bool relu) {
   return Fwd(x, scale, bias, nullptr, y, mean, var, eps, relu);
 }
 
-ffi::Error BnFwdResidual(ffi::AnyBuffer x, ffi::Buffer<ffi::F32> scale, ffi::Buffer<ffi::F32> bias,
-                         ffi::AnyBuffer res, ffi::Result<ffi::AnyBuffer> y, ffi::Result<ffi::Buffer<ffi::F32>> mean,
-                         ffi::Result<ffi::Buffer<ffi::F32>> var, float eps, bool relu) {
+ffi::Error BnFwdResidual(ffi::AnyBuffer x, F32 scale, F32 bias, ffi::AnyBuffer res, ffi::Result<ffi::AnyBuffer> y,
+                         ffi::Result<F32> mean, ffi::Result<F32> var, float eps, bool relu) {
   return Fwd(x, scale, bias, &res, y, mean, var, eps, relu);
 }
 
-ffi::Error BnBwd(ffi::AnyBuffer x, ffi::AnyBuffer dy, ffi::Buffer<ffi::F32> mean, ffi::Buffer<ffi::F32> var,
-                 ffi::Buffer<ffi::F32> scale, ffi::Buffer<ffi::F32> bias, ffi::Result<ffi::AnyBuffer> dx,
-                 ffi::Result<ffi::Buffer<ffi::F32>> dscale, ffi::Result<ffi::Buffer<ffi::F32>> dbias, float eps,
+ffi::Error BnBwd(ffi::AnyBuffer x, ffi::AnyBuffer dy, F32 mean, F32 var, F32 scale, F32 bias,
+                 ffi::Result<ffi::AnyBuffer> dx, ffi::Result<F32> dscale, ffi::Result<F32> dbias, float eps,
                  bool relu) {
   return Bwd(x, nullptr, dy, mean, var, scale, bias.typed_data(), dx, dscale, dbias, nullptr, eps, relu);
 }
 
-ffi::Error BnBwdResidual(ffi::AnyBuffer x, ffi::AnyBuffer y, ffi::AnyBuffer dy, ffi::Buffer<ffi::F32> mean,
-                         ffi::Buffer<ffi::F32> var, ffi::Buffer<ffi::F32> scale, ffi::Result<ffi::AnyBuffer> dx,
-                         ffi::Result<ffi::Buffer<ffi::F32>> dscale, ffi::Result<ffi::Buffer<ffi::F32>> dbias,
+ffi::Error BnBwdResidual(ffi::AnyBuffer x, ffi::AnyBuffer y, ffi::AnyBuffer dy, F32 mean, F32 var, F32 scale,
+                         ffi::Result<ffi::AnyBuffer> dx, ffi::Result<F32> dscale, ffi::Result<F32> dbias,
                          ffi::Result<ffi::AnyBuffer> dres, float eps, bool relu) {
   return Bwd(x, &y, dy, mean, var, scale, nullptr, dx, dscale, dbias, &(*dres), eps, relu);
 }
 
 }  // namespace
 
+using ffi::AnyBuffer;
+
+// Arguments and results in the order of the handlers above; eps and relu are attributes.
 XLA_FFI_DEFINE_HANDLER_SYMBOL(RegnetBnFwd, BnFwd,
-                              ffi::Ffi::Bind()
-                                  .Arg<ffi::AnyBuffer>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::AnyBuffer>()
-                                  .Ret<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>()
-                                  .Attr<float>("eps")
-                                  .Attr<bool>("relu"));
-
+    ffi::Ffi::Bind().Arg<AnyBuffer>().Arg<F32>().Arg<F32>().Ret<AnyBuffer>().Ret<F32>().Ret<F32>()
+        .Attr<float>("eps").Attr<bool>("relu"));
 XLA_FFI_DEFINE_HANDLER_SYMBOL(RegnetBnFwdResidual, BnFwdResidual,
-                              ffi::Ffi::Bind()
-                                  .Arg<ffi::AnyBuffer>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::AnyBuffer>()
-                                  .Ret<ffi::AnyBuffer>()
-                                  .Ret<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>()
-                                  .Attr<float>("eps")
-                                  .Attr<bool>("relu"));
-
+    ffi::Ffi::Bind().Arg<AnyBuffer>().Arg<F32>().Arg<F32>().Arg<AnyBuffer>().Ret<AnyBuffer>().Ret<F32>().Ret<F32>()
+        .Attr<float>("eps").Attr<bool>("relu"));
 XLA_FFI_DEFINE_HANDLER_SYMBOL(RegnetBnBwd, BnBwd,
-                              ffi::Ffi::Bind()
-                                  .Arg<ffi::AnyBuffer>()
-                                  .Arg<ffi::AnyBuffer>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::AnyBuffer>()
-                                  .Ret<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>()
-                                  .Attr<float>("eps")
-                                  .Attr<bool>("relu"));
-
+    ffi::Ffi::Bind().Arg<AnyBuffer>().Arg<AnyBuffer>().Arg<F32>().Arg<F32>().Arg<F32>().Arg<F32>()
+        .Ret<AnyBuffer>().Ret<F32>().Ret<F32>().Attr<float>("eps").Attr<bool>("relu"));
 XLA_FFI_DEFINE_HANDLER_SYMBOL(RegnetBnBwdResidual, BnBwdResidual,
-                              ffi::Ffi::Bind()
-                                  .Arg<ffi::AnyBuffer>()
-                                  .Arg<ffi::AnyBuffer>()
-                                  .Arg<ffi::AnyBuffer>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::AnyBuffer>()
-                                  .Ret<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::AnyBuffer>()
-                                  .Attr<float>("eps")
-                                  .Attr<bool>("relu"));
+    ffi::Ffi::Bind().Arg<AnyBuffer>().Arg<AnyBuffer>().Arg<AnyBuffer>().Arg<F32>().Arg<F32>().Arg<F32>()
+        .Ret<AnyBuffer>().Ret<F32>().Ret<F32>().Ret<AnyBuffer>().Attr<float>("eps").Attr<bool>("relu"));
