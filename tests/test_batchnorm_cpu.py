@@ -86,6 +86,14 @@ def test_statistics_exact_when_the_mean_dwarfs_the_spread():
   np.testing.assert_allclose(np.asarray(y).reshape(-1, C), want_y, atol=5e-3)
 
 
+def test_nan_input_stays_visible():
+  """A NaN activation (diverged training) must reach the statistics and outputs, not be clamped away."""
+  x = jnp.ones((1, 4, 3, 3, C)).at[0, 1, 1, 1, 5].set(jnp.nan)
+  y, mean, var = batchnorm_cpu.batch_norm_act(x, jnp.ones((C,)), jnp.zeros((C,)), epsilon=1e-5, relu=True)
+  assert np.isnan(mean[0, 5]) and np.isnan(var[0, 5]) and np.isnan(np.asarray(y)[..., 5]).all()
+  assert np.isfinite(np.asarray(var)[0, :5]).all()
+
+
 def test_gradient_through_the_returned_statistics():
   """Not used by training (the statistics only feed running averages), but a caller may differentiate them."""
   x, _ = _inputs(3)

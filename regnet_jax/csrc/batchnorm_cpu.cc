@@ -143,7 +143,9 @@ void Forward(const T* __restrict x, const float* scale, const float* bias, const
       for (int64_t j = 0; j < c; ++j) {
         double m1 = sums[j] / r;
         mean[j] = static_cast<float>(shift[j] + m1);
-        var_out[g * c + j] = static_cast<float>(std::max(0.0, sums[c + j] / r - m1 * m1));
+        // Clamp rounding below zero; `v < 0 ? 0 : v` rather than std::max keeps a NaN (bad input) a NaN.
+        double v = sums[c + j] / r - m1 * m1;
+        var_out[g * c + j] = static_cast<float>(v < 0.0 ? 0.0 : v);
         mul[j] = Mul(scale[j], var_out[g * c + j], eps);
         add[j] = bias[j];
         mean_out[g * c + j] = mean[j];
