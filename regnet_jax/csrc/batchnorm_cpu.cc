@@ -120,7 +120,7 @@ void Forward(const T* __restrict x, const float* scale, const float* bias, const
   int nt = omp_get_max_threads();
   Partials part(nt, c);
   std::vector<double> sums(2 * c);
-  std::vector<float> shift(c), mean(c), mul(c), add(c);
+  std::vector<float> shift(c), mean(c), mul(c);
   for (int64_t g = 0; g < groups; ++g) {
     const int64_t off = g * r * c;
 #pragma omp parallel num_threads(nt)
@@ -147,13 +147,12 @@ void Forward(const T* __restrict x, const float* scale, const float* bias, const
         double v = sums[c + j] / r - m1 * m1;
         var_out[g * c + j] = static_cast<float>(v < 0.0 ? 0.0 : v);
         mul[j] = Mul(scale[j], var_out[g * c + j], eps);
-        add[j] = bias[j];
         mean_out[g * c + j] = mean[j];
       }
       // The single's implicit barrier publishes mean / mul before the normalising pass.
       const float* __restrict m = mean.data();
       const float* __restrict s = mul.data();
-      const float* __restrict b = add.data();
+      const float* __restrict b = bias;
       for (int64_t i = begin; i < end; ++i) {
         const int64_t row = off + i * c;
         for (int64_t j = 0; j < c; ++j) {
