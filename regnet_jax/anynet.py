@@ -14,7 +14,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from regnet_jax import batchnorm_cpu, layers
+from regnet_jax import batchnorm_cpu, layers, onednn
 from regnet_jax.specs import AnyNetSpec
 
 Dtype = Any
@@ -51,8 +51,15 @@ class AnyNet(nn.Module):
     spec = self.spec
     common = dict(train=train, conv_impl=self.conv_impl, bn_impl=self.bn_impl, bn_groups=self.bn_groups, dtype=self.dtype,
                   param_dtype=self.param_dtype)
+    # Training on the CPU keeps the activations in oneDNN's blocked layout between layers where it can
+    # (layers.network_blocked); the parameters are the same either way.
+    blocked = layers.network_blocked(spec, train=train, conv_impl=self.conv_impl, bn_impl=self.bn_impl,
+                                     dtype=self.dtype)
+    if blocked:
+      common["blocked"] = True
+    nhwc = onednn.from_blocked if blocked else (lambda a: a)
     x = layers.Stem(stem_type=spec.stem_type, width=spec.stem_w, name="stem", **common)(x.astype(self.dtype))
-    self.sow("intermediates", "stem_out", x)
+    self.sow("intermediates", "stem_out", nhwc(x))
     block_cls = layers.BLOCKS[spec.block_type]
     for i, stage in enumerate(spec.stages, start=1):
       kwargs = dict(w_out=stage.width, **common)
@@ -66,7 +73,7 @@ class AnyNet(nn.Module):
       else:
         for j in range(2, stage.depth + 1):
           x = block_cls(stride=1, name=f"s{i}_b{j}", **kwargs)(x)
-      self.sow("intermediates", f"s{i}_out", x)
+      self.sow("intermediates", f"s{i}_out", nhwc(x))
     x = layers.Head(num_classes=self.num_classes, head_w=spec.head_w, name="head", **common)(x)
     self.sow("intermediates", "head_out", x)
     return x

@@ -49,31 +49,37 @@ def _target(name):
   return onednn._FFI_PREFIX + name  # registered by onednn._load()
 
 
-def _forward(x3, scale, bias, res3, epsilon, relu):
+def _layout_attrs(layout):
+  x_blocked, y_blocked, hw = layout
+  return dict(x_blocked=bool(x_blocked), y_blocked=bool(y_blocked), hw=np.int64(hw))
+
+
+def _forward(x3, scale, bias, res3, epsilon, relu, layout):
   g, _, c = x3.shape
   stats = jax.ShapeDtypeStruct((g, c), jnp.float32)
   out = (jax.ShapeDtypeStruct(x3.shape, x3.dtype), stats, stats)
   args = (x3, scale, bias) if res3 is None else (x3, scale, bias, res3)
   name = "RegnetBnFwd" if res3 is None else "RegnetBnFwdResidual"
   return jax.ffi.ffi_call(_target(name), out, vmap_method="sequential")(*args, eps=np.float32(epsilon),
-                                                                         relu=bool(relu))
+                                                                         relu=bool(relu), **_layout_attrs(layout))
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5))
-def _bn(x3, scale, bias, res3, epsilon, relu):
-  return _forward(x3, scale, bias, res3, epsilon, relu)
+# layout: (x_blocked, y_blocked, H*W); the (G, R, C) arrays hold the blocked data as raw reshapes.
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6))
+def _bn(x3, scale, bias, res3, epsilon, relu, layout):
+  return _forward(x3, scale, bias, res3, epsilon, relu, layout)
 
 
-def _bn_fwd(x3, scale, bias, res3, epsilon, relu):
+def _bn_fwd(x3, scale, bias, res3, epsilon, relu, layout):
   # symbolic_zeros=True hands the primals over wrapped; None (no residual) has no leaves and stays None.
   x3, scale, bias = x3.value, scale.value, bias.value
   res3 = None if res3 is None else res3.value
-  y, mean, var = _forward(x3, scale, bias, res3, epsilon, relu)
+  y, mean, var = _forward(x3, scale, bias, res3, epsilon, relu, layout)
   # Without a residual the backward recomputes the ReLU mask from x, so y is not kept for it.
   return (y, mean, var), (x3, y if res3 is not None else None, mean, var, scale, bias)
 
 
-def _bn_bwd(epsilon, relu, saved, cts):
+def _bn_bwd(epsilon, relu, layout, saved, cts):
   x3, y, mean, var, scale, bias = saved
   has_res = y is not None
   dy, dmean, dvar = cts
@@ -85,11 +91,13 @@ def _bn_bwd(epsilon, relu, saved, cts):
   name = "RegnetBnBwdResidual" if has_res else "RegnetBnBwd"
   args = (x3, y, dy, mean, var, scale) if has_res else (x3, dy, mean, var, scale, bias)
   grads = jax.ffi.ffi_call(_target(name), out, vmap_method="sequential")(*args, eps=np.float32(epsilon),
-                                                                          relu=bool(relu))
+                                                                          relu=bool(relu), **_layout_attrs(layout))
   dx, dscale, dbias = grads[:3]
   dres = grads[3] if has_res else None
   zero_m, zero_v = isinstance(dmean, SymbolicZero), isinstance(dvar, SymbolicZero)
   if not (zero_m and zero_v):
+    if layout[0]:
+      raise NotImplementedError("gradients through the batch statistics with a blocked x are not implemented")
     # The statistics' own cotangents (not used by training): d mean / dx = 1/n, d var / dx = 2 (x - mean) / n.
     n = x3.shape[1]
     extra = 0.0 if zero_m else dmean[:, None, :] / n
@@ -102,16 +110,40 @@ def _bn_bwd(epsilon, relu, saved, cts):
 _bn.defvjp(_bn_fwd, _bn_bwd, symbolic_zeros=True)
 
 
-def batch_norm_act(xg, scale, bias, residual=None, *, epsilon: float, relu: bool):
-  """relu?(batch_norm(xg) + residual?) for xg (groups, batch, ..., C), statistics per group over all axes but
+def batch_norm_act(xg, scale, bias, residual=None, *, epsilon: float, relu: bool, x_blocked: bool = False,
+                   y_blocked: bool = False):
+  """relu?(batch_norm(xg) + residual?) for xg (groups, batch, H, W, C), statistics per group over all axes but
   the first and last; returns (y like xg, mean (groups, C), biased var (groups, C)), statistics float32.
+
+  x_blocked: xg is (groups, batch, C // 16, H, W, 16), oneDNN's nChw16c (regnet_jax.onednn.to_blocked);
+  y_blocked: y (and the residual) in that layout. A change of layout costs nothing: the kernels read and write
+  each element once either way.
 
   Like layers._batch_norm_train followed by the add and ReLU; scale and bias float32 (C,).
   """
+  if not onednn.available():  # also registers the kernels with XLA
+    raise onednn.OneDnnUnavailable(f'bn_impl="native" is unavailable: {onednn.unavailable_reason()}')
   if jnp.dtype(xg.dtype) not in DTYPES:
     raise ValueError(f'bn_impl="native" takes float32 or bfloat16 activations, got {xg.dtype}')
-  g, c = xg.shape[0], xg.shape[-1]
-  x3 = xg.reshape(g, math.prod(xg.shape[1:-1]), c)
+  g = xg.shape[0]
+  if x_blocked:
+    if xg.ndim != 6 or xg.shape[-1] != onednn.BLOCK:
+      raise ValueError(f"x_blocked: xg must be (groups, batch, C // 16, H, W, 16), got {xg.shape}")
+    c, spatial = xg.shape[2] * xg.shape[-1], xg.shape[3:5]
+  else:
+    c, spatial = xg.shape[-1], xg.shape[2:-1]
+  if (x_blocked or y_blocked) and (len(spatial) != 2 or c % onednn.BLOCK):
+    raise ValueError(f"the blocked layout needs (..., H, W, C) activations with C % 16 == 0, got {xg.shape}")
+  hw = math.prod(spatial)
+  if x_blocked == y_blocked:
+    y_shape = xg.shape
+  elif y_blocked:
+    y_shape = (g, xg.shape[1], c // onednn.BLOCK, *spatial, onednn.BLOCK)
+  else:
+    y_shape = (g, xg.shape[1], *spatial, c)
+  x3 = xg.reshape(g, xg.shape[1] * hw, c)
   res3 = None if residual is None else residual.astype(xg.dtype).reshape(x3.shape)
-  y, mean, var = _bn(x3, scale.astype(jnp.float32), bias.astype(jnp.float32), res3, float(epsilon), bool(relu))
-  return y.reshape(xg.shape), mean, var
+  layout = (bool(x_blocked), bool(y_blocked), int(hw))
+  y, mean, var = _bn(x3, scale.astype(jnp.float32), bias.astype(jnp.float32), res3, float(epsilon), bool(relu),
+                     layout)
+  return y.reshape(y_shape), mean, var

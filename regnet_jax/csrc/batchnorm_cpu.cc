@@ -63,30 +63,130 @@ inline void Rows(int64_t r, int t, int T, int64_t* begin, int64_t* end) {
   *end = std::min<int64_t>(r, *begin + chunk);
 }
 
-// acc[j] and acc[c + j] = the sums over rows [begin, end) of the two quantities q(at, j, &q1, &q2) gives for the
-// element at offset `at` (row offset + j): float within kBlock-row blocks (vectorised over channels), double
-// across them.
-template <typename Q>
-void SumRows(int64_t begin, int64_t end, int64_t off, int64_t c, double* acc, Q q) {
+// Where element (row, channel) of one (R, C) group lives. Plain: row-major (R, C), C contiguous. Blocked:
+// oneDNN's nChw16c, (batch, C / 16, H*W, 16), the layout of the grouped convolutions (regnet_jax/onednn.py),
+// rows being (batch, H*W). The layouts are template parameters (kXB for x and dx, kYB for y, the residual, dy
+// and the residual's gradient) so that the loops compile without layout branches; channels are walked in chunks
+// of 16 when either side is blocked (contiguous in both layouts), else all C at once.
+struct Layout {
+  int64_t hw, c;
+};
+
+// Walks rows begin, begin + 1, ... keeping (image, pixel) = (i / hw, i % hw) by increments: a division per row
+// would cost as much as the row's arithmetic. Offset<kBlocked>() is the row's start, chunk 0.
+struct RowWalker {
+  Layout l;
+  int64_t i, n, p;
+  RowWalker(const Layout& l, int64_t begin) : l(l), i(begin), n(begin / l.hw), p(begin % l.hw) {}
+  template <bool kBlocked>
+  int64_t Offset() const { return kBlocked ? n * l.hw * l.c + p * 16 : i * l.c; }
+  void Next() {
+    ++i;
+    if (++p == l.hw) {
+      p = 0;
+      ++n;
+    }
+  }
+};
+
+// Offset of channel chunk k (width channels) from a row's start.
+template <bool kBlocked>
+inline int64_t ChunkOffset(const Layout& l, int64_t k, int64_t width) {
+  return kBlocked ? k * l.hw * 16 : k * width;
+}
+
+// acc[j] and acc[c + j] = the sums over rows [begin, end) of the two quantities q(ax, ay, j, &q1, &q2) gives for
+// channel j of the row (ax, ay: the element's offset on the x side and on the y side): float within kBlock-row
+// blocks (vectorised over channels), double across them.
+template <bool kXB, bool kYB, typename Q>
+void SumRows(int64_t begin, int64_t end, int64_t off, const Layout l, double* acc, Q q) {
+  const int64_t c = l.c, w = (kXB || kYB) ? 16 : l.c;
   std::fill(acc, acc + 2 * c, 0.0);
+  if constexpr (kXB && kYB) {
+    // Both blocked: one 16-channel block at a time over all the thread's rows, so that each (image, block)
+    // plane of H*W x 16 values streams through in memory order, a run of pixels at a time.
+    for (int64_t k = 0; k * 16 < c; ++k) {
+      const int64_t c0 = k * 16;
+      // Runs of pixels of one image; no closure here: q must stay a local whose pointers provably do not alias
+      // the accumulators (through a captured reference GCC reloads them every element and does not vectorise).
+      for (int64_t i = begin; i < end;) {
+        const int64_t n = i / l.hw, p0 = i - n * l.hw, p1 = std::min(l.hw, p0 + (end - i));
+        const int64_t base = off + n * l.hw * c + ChunkOffset<true>(l, k, 16);
+        for (int64_t b0 = p0; b0 < p1; b0 += kBlock) {
+          float a1[16] = {}, a2[16] = {};
+          const int64_t b1 = std::min(p1, b0 + kBlock);
+          for (int64_t p = b0; p < b1; ++p) {
+            const int64_t at = base + p * 16;
+#pragma omp simd  // across the 16 channels (left alone, GCC vectorises some instances across pixels instead)
+            for (int64_t j = 0; j < 16; ++j) {
+              float q1, q2;
+              q(at + j, at + j, c0 + j, q1, q2);
+              a1[j] += q1;
+              a2[j] += q2;
+            }
+          }
+          for (int64_t j = 0; j < 16; ++j) {
+            acc[c0 + j] += a1[j];
+            acc[c + c0 + j] += a2[j];
+          }
+        }
+        i += p1 - p0;
+      }
+    }
+    return;
+  }
   std::vector<float> s1(c), s2(c);
+  RowWalker r(l, begin);
   for (int64_t b0 = begin; b0 < end; b0 += kBlock) {
     std::fill(s1.begin(), s1.end(), 0.f);
     std::fill(s2.begin(), s2.end(), 0.f);
-    float* __restrict a1 = s1.data();
-    float* __restrict a2 = s2.data();
-    for (int64_t i = b0; i < std::min(end, b0 + kBlock); ++i) {
-      const int64_t row = off + i * c;
-      for (int64_t j = 0; j < c; ++j) {
-        float q1, q2;
-        q(row + j, j, q1, q2);
-        a1[j] += q1;
-        a2[j] += q2;
+    for (int64_t i = b0; i < std::min(end, b0 + kBlock); ++i, r.Next()) {
+      const int64_t rx = off + r.Offset<kXB>(), ry = off + r.Offset<kYB>();
+      for (int64_t k = 0; k * w < c; ++k) {
+        const int64_t cx = rx + ChunkOffset<kXB>(l, k, w), cy = ry + ChunkOffset<kYB>(l, k, w), c0 = k * w;
+        float* __restrict a1 = s1.data() + c0;
+        float* __restrict a2 = s2.data() + c0;
+        for (int64_t j = 0; j < w; ++j) {
+          float q1, q2;
+          q(cx + j, cy + j, c0 + j, q1, q2);
+          a1[j] += q1;
+          a2[j] += q2;
+        }
       }
     }
     for (int64_t j = 0; j < c; ++j) {
-      acc[j] += a1[j];
-      acc[c + j] += a2[j];
+      acc[j] += s1[j];
+      acc[c + j] += s2[j];
+    }
+  }
+}
+
+// Calls f(ax, ay, j) for every channel of rows [begin, end).
+template <bool kXB, bool kYB, typename F>
+void ForRows(int64_t begin, int64_t end, int64_t off, const Layout l, F f) {
+  const int64_t c = l.c, w = (kXB || kYB) ? 16 : l.c;
+  if constexpr (kXB && kYB) {  // memory order, as in SumRows
+    for (int64_t k = 0; k * 16 < c; ++k) {
+      const int64_t c0 = k * 16;
+      for (int64_t i = begin; i < end;) {  // runs of pixels of one image, as in SumRows
+        const int64_t n = i / l.hw, p0 = i - n * l.hw, p1 = std::min(l.hw, p0 + (end - i));
+        const int64_t base = off + n * l.hw * c + ChunkOffset<true>(l, k, 16);
+        for (int64_t p = p0; p < p1; ++p) {
+          const int64_t at = base + p * 16;
+#pragma omp simd
+          for (int64_t j = 0; j < 16; ++j) f(at + j, at + j, c0 + j);
+        }
+        i += p1 - p0;
+      }
+    }
+    return;
+  }
+  RowWalker r(l, begin);
+  for (int64_t i = begin; i < end; ++i, r.Next()) {
+    const int64_t rx = off + r.Offset<kXB>(), ry = off + r.Offset<kYB>();
+    for (int64_t k = 0; k * w < c; ++k) {
+      const int64_t cx = rx + ChunkOffset<kXB>(l, k, w), cy = ry + ChunkOffset<kYB>(l, k, w), c0 = k * w;
+      for (int64_t j = 0; j < w; ++j) f(cx + j, cy + j, c0 + j);
     }
   }
 }
@@ -114,9 +214,9 @@ struct Partials {
 };
 
 // kRelu / kRes are template parameters so that the inner loops compile without branches and vectorise.
-template <typename T, bool kRelu, bool kRes>
+template <typename T, bool kRelu, bool kRes, bool kXB, bool kYB>
 void Forward(const T* __restrict x, const float* scale, const float* bias, const T* __restrict res, T* __restrict y,
-             float* mean_out, float* var_out, int64_t groups, int64_t r, int64_t c, float eps) {
+             float* mean_out, float* var_out, int64_t groups, int64_t r, int64_t c, float eps, const Layout l) {
   int nt = omp_get_max_threads();
   Partials part(nt, c);
   std::vector<double> sums(2 * c);
@@ -129,10 +229,11 @@ void Forward(const T* __restrict x, const float* scale, const float* bias, const
       int64_t begin, end;
       Rows(r, t, nthreads, &begin, &end);
 #pragma omp single
-      for (int64_t j = 0; j < c; ++j) shift[j] = Load(x, off + j);
+      for (int64_t j = 0; j < c; ++j) shift[j] = Load(x, off + (kXB ? ChunkOffset<true>(l, j / 16, 16) + j % 16 : j));
       const float* __restrict k = shift.data();
-      SumRows(begin, end, off, c, part.Of(t), [&](int64_t at, int64_t j, float& q1, float& q2) {
-        float d = Load(x, at) - k[j];
+      const T* __restrict xs = x;
+      SumRows<kXB, kXB>(begin, end, off, l, part.Of(t), [=](int64_t at, int64_t, int64_t j, float& q1, float& q2) {
+        float d = Load(xs, at) - k[j];
         q1 = d;
         q2 = d * d;
       });
@@ -153,25 +254,24 @@ void Forward(const T* __restrict x, const float* scale, const float* bias, const
       const float* __restrict m = mean.data();
       const float* __restrict s = mul.data();
       const float* __restrict b = bias;
-      for (int64_t i = begin; i < end; ++i) {
-        const int64_t row = off + i * c;
-        for (int64_t j = 0; j < c; ++j) {
-          float v = PreActivation(Load(x, row + j), m[j], s[j], b[j]);
-          if (kRes) v += Load(res, row + j);
-          if (kRelu) v = std::max(v, 0.f);
-          Store(y, row + j, v);
-        }
-      }
+      const T* __restrict rs = res;
+      T* __restrict ys = y;
+      ForRows<kXB, kYB>(begin, end, off, l, [=](int64_t ax, int64_t ay, int64_t j) {
+        float v = PreActivation(Load(xs, ax), m[j], s[j], b[j]);
+        if (kRes) v += Load(rs, ay);
+        if (kRelu) v = std::max(v, 0.f);
+        Store(ys, ay, v);
+      });
     }
   }
 }
 
 // ReLU mask: with a residual from y (> 0 where the output is), else recomputed from x (one stream fewer to read).
 // The buffers are distinct (XLA aliases no output to an input here), hence __restrict.
-template <typename T, bool kRelu, bool kRes>
+template <typename T, bool kRelu, bool kRes, bool kXB, bool kYB>
 void Backward(const T* __restrict x, const T* __restrict y, const T* __restrict dy, const float* mean_in,
               const float* var_in, const float* scale, const float* bias, T* __restrict dx, T* __restrict dres,
-              float* dscale, float* dbias, int64_t groups, int64_t r, int64_t c, float eps) {
+              float* dscale, float* dbias, int64_t groups, int64_t r, int64_t c, float eps, const Layout l) {
   int nt = omp_get_max_threads();
   Partials part(nt, c);
   std::vector<double> sums(2 * c), total(2 * c, 0.0);
@@ -197,20 +297,20 @@ void Backward(const T* __restrict x, const T* __restrict y, const T* __restrict 
       const T* __restrict ys = y;
       const T* __restrict dys = dy;
       T* __restrict dress = dres;
-      auto grad = [=](int64_t at, int64_t j) {  // dy through the ReLU
-        float gj = Load(dys, at);
+      auto grad = [=](int64_t ax, int64_t ay, int64_t j) {  // dy through the ReLU
+        float gj = Load(dys, ay);
         if (kRelu) {
-          bool on = kRes ? Load(ys, at) > 0.f : PreActivation(Load(xs, at), m[j], fs[j], fb[j]) > 0.f;
+          bool on = kRes ? Load(ys, ay) > 0.f : PreActivation(Load(xs, ax), m[j], fs[j], fb[j]) > 0.f;
           if (!on) gj = 0.f;
         }
         return gj;
       };
       // Pass 1: g = dy masked by the ReLU (y > 0); sums of g and g * (x - mean); g is the residual's gradient.
-      SumRows(begin, end, off, c, part.Of(t), [=](int64_t at, int64_t j, float& q1, float& q2) {
-        float gj = grad(at, j);
-        if (kRes) Store(dress, at, gj);
+      SumRows<kXB, kYB>(begin, end, off, l, part.Of(t), [=](int64_t ax, int64_t ay, int64_t j, float& q1, float& q2) {
+        float gj = grad(ax, ay, j);
+        if (kRes) Store(dress, ay, gj);
         q1 = gj;
-        q2 = gj * (Load(xs, at) - m[j]);
+        q2 = gj * (Load(xs, ax) - m[j]);
       });
 #pragma omp barrier
       part.Reduce(t, nthreads, sums.data());
@@ -229,13 +329,11 @@ void Backward(const T* __restrict x, const T* __restrict y, const T* __restrict 
       const float* __restrict a = k1.data();
       const float* __restrict b = k2.data();
       const float* __restrict s = k3.data();
-      for (int64_t i = begin; i < end; ++i) {
-        const int64_t row = off + i * c;
-        for (int64_t j = 0; j < c; ++j) {
-          float gj = kRes ? Load(dres, row + j) : grad(row + j, j);
-          Store(dx, row + j, s[j] * (gj - a[j] - (Load(x, row + j) - m[j]) * b[j]));
-        }
-      }
+      T* __restrict dxs = dx;
+      ForRows<kXB, kYB>(begin, end, off, l, [=](int64_t ax, int64_t ay, int64_t j) {
+        float gj = kRes ? Load(dress, ay) : grad(ax, ay, j);
+        Store(dxs, ax, s[j] * (gj - a[j] - (Load(xs, ax) - m[j]) * b[j]));
+      });
     }
   }
   for (int64_t j = 0; j < c; ++j) {
@@ -251,7 +349,15 @@ T* Data(const ffi::AnyBuffer& b) {
   return static_cast<T*>(const_cast<void*>(static_cast<const void*>(b.untyped_data())));
 }
 
-ffi::Error Dims(const ffi::AnyBuffer& x, int64_t* g, int64_t* r, int64_t* c) {
+// The call's attributes: eps, relu, and the layouts of the x side (x, dx) and the y side (y, residual, dy, its
+// gradient), each plain or blocked (nChw16c with H*W = hw, see Layout).
+struct Attrs {
+  float eps;
+  bool relu, x_blocked, y_blocked;
+  int64_t hw;
+};
+
+ffi::Error Dims(const ffi::AnyBuffer& x, const Attrs& a, int64_t* g, int64_t* r, int64_t* c, Layout* l) {
   auto d = x.dimensions();
   if (d.size() != 3) return ffi::Error::InvalidArgument("regnet_jax batch norm: x must be (groups, rows, C)");
   if (x.element_type() != ffi::DataType::F32 && x.element_type() != ffi::DataType::BF16) {
@@ -261,26 +367,62 @@ ffi::Error Dims(const ffi::AnyBuffer& x, int64_t* g, int64_t* r, int64_t* c) {
   *r = d[1];
   *c = d[2];
   if (*r < 1) return ffi::Error::InvalidArgument("regnet_jax batch norm: no rows to normalise");
+  const bool blocked = a.x_blocked || a.y_blocked;
+  if (blocked && (*c % 16 || a.hw < 1 || *r % a.hw)) {
+    return ffi::Error::InvalidArgument("regnet_jax batch norm: the blocked layout needs C % 16 == 0 and rows a "
+                                       "multiple of H*W");
+  }
+  *l = Layout{blocked ? a.hw : 1, *c};
   return ffi::Error::Success();
 }
 
+// The kernel instantiation for the runtime flags (relu, residual, x blocked, y blocked): Fn<kRelu, kRes, kXB,
+// kYB>{} is handed to `run`, which calls it.
+template <template <bool, bool, bool, bool> class Fn, typename Run>
+void Pick(Run run, bool relu, bool res, bool xb, bool yb) {
+  auto layouts = [&](auto relu_c, auto res_c) {
+    constexpr bool kRelu = decltype(relu_c)::value, kRes = decltype(res_c)::value;
+    if (xb && yb) {
+      run(Fn<kRelu, kRes, true, true>{});
+    } else if (xb) {
+      run(Fn<kRelu, kRes, true, false>{});
+    } else if (yb) {
+      run(Fn<kRelu, kRes, false, true>{});
+    } else {
+      run(Fn<kRelu, kRes, false, false>{});
+    }
+  };
+  auto flags = [&](auto relu_c) { res ? layouts(relu_c, std::true_type{}) : layouts(relu_c, std::false_type{}); };
+  relu ? flags(std::true_type{}) : flags(std::false_type{});
+}
+
+template <typename T>
+struct Kernels {
+  template <bool kRelu, bool kRes, bool kXB, bool kYB>
+  struct Fwd {
+    template <typename... A>
+    void operator()(A... args) const { Forward<T, kRelu, kRes, kXB, kYB>(args...); }
+  };
+  template <bool kRelu, bool kRes, bool kXB, bool kYB>
+  struct Bwd {
+    template <typename... A>
+    void operator()(A... args) const { Backward<T, kRelu, kRes, kXB, kYB>(args...); }
+  };
+};
+
 template <typename T>
 void ForwardDispatch(const T* x, const float* scale, const float* bias, const T* res, T* y, float* mean, float* var,
-                     int64_t g, int64_t r, int64_t c, float eps, bool relu) {
-  if (res) {
-    (relu ? Forward<T, true, true> : Forward<T, false, true>)(x, scale, bias, res, y, mean, var, g, r, c, eps);
-  } else {
-    (relu ? Forward<T, true, false> : Forward<T, false, false>)(x, scale, bias, res, y, mean, var, g, r, c, eps);
-  }
+                     int64_t g, int64_t r, int64_t c, const Attrs& a, const Layout& l) {
+  Pick<Kernels<T>::template Fwd>([&](auto kernel) { kernel(x, scale, bias, res, y, mean, var, g, r, c, a.eps, l); }, a.relu, res,
+             a.x_blocked, a.y_blocked);
 }
 
 template <typename T>
 void BackwardDispatch(const T* x, const T* y, const T* dy, const float* mean, const float* var, const float* scale,
                       const float* bias, T* dx, T* dres, float* dscale, float* dbias, int64_t g, int64_t r, int64_t c,
-                      float eps, bool relu) {
-  auto* fn = dres ? (relu ? Backward<T, true, true> : Backward<T, false, true>)
-                  : (relu ? Backward<T, true, false> : Backward<T, false, false>);
-  fn(x, y, dy, mean, var, scale, bias, dx, dres, dscale, dbias, g, r, c, eps);
+                      const Attrs& a, const Layout& l) {
+  Pick<Kernels<T>::template Bwd>([&](auto kernel) { kernel(x, y, dy, mean, var, scale, bias, dx, dres, dscale, dbias, g, r, c, a.eps, l); },
+             a.relu, dres, a.x_blocked, a.y_blocked);
 }
 
 using F32 = ffi::Buffer<ffi::F32>;
@@ -296,67 +438,75 @@ void WithStorageType(const ffi::AnyBuffer& x, Fn fn) {
 }
 
 ffi::Error Fwd(ffi::AnyBuffer x, F32 scale, F32 bias, const ffi::AnyBuffer* res, ffi::Result<ffi::AnyBuffer> y,
-               ffi::Result<F32> mean, ffi::Result<F32> var, float eps, bool relu) {
+               ffi::Result<F32> mean, ffi::Result<F32> var, const Attrs& a) {
   int64_t g, r, c;
-  if (auto e = Dims(x, &g, &r, &c); e.failure()) return e;
+  Layout l;
+  if (auto e = Dims(x, a, &g, &r, &c, &l); e.failure()) return e;
   WithStorageType(x, [&](auto tag) {
     using T = decltype(tag);
     ForwardDispatch(Data<T>(x), scale.typed_data(), bias.typed_data(), res ? Data<T>(*res) : nullptr, Data<T>(*y),
-                    mean->typed_data(), var->typed_data(), g, r, c, eps, relu);
+                    mean->typed_data(), var->typed_data(), g, r, c, a, l);
   });
   return ffi::Error::Success();
 }
 
 ffi::Error Bwd(ffi::AnyBuffer x, const ffi::AnyBuffer* y, ffi::AnyBuffer dy, F32 mean, F32 var, F32 scale,
                const float* bias, ffi::Result<ffi::AnyBuffer> dx, ffi::Result<F32> dscale, ffi::Result<F32> dbias,
-               ffi::AnyBuffer* dres, float eps, bool relu) {
+               ffi::AnyBuffer* dres, const Attrs& a) {
   int64_t g, r, c;
-  if (auto e = Dims(x, &g, &r, &c); e.failure()) return e;
+  Layout l;
+  if (auto e = Dims(x, a, &g, &r, &c, &l); e.failure()) return e;
   WithStorageType(x, [&](auto tag) {
     using T = decltype(tag);
     BackwardDispatch(Data<T>(x), y ? Data<T>(*y) : nullptr, Data<T>(dy), mean.typed_data(), var.typed_data(),
                      scale.typed_data(), bias, Data<T>(*dx), dres ? Data<T>(*dres) : nullptr, dscale->typed_data(),
-                     dbias->typed_data(), g, r, c, eps, relu);
+                     dbias->typed_data(), g, r, c, a, l);
   });
   return ffi::Error::Success();
 }
 
 ffi::Error BnFwd(ffi::AnyBuffer x, F32 scale, F32 bias, ffi::Result<ffi::AnyBuffer> y, ffi::Result<F32> mean,
-                 ffi::Result<F32> var, float eps, bool relu) {
-  return Fwd(x, scale, bias, nullptr, y, mean, var, eps, relu);
+                 ffi::Result<F32> var, float eps, bool relu, bool x_blocked, bool y_blocked, int64_t hw) {
+  return Fwd(x, scale, bias, nullptr, y, mean, var, Attrs{eps, relu, x_blocked, y_blocked, hw});
 }
 
 ffi::Error BnFwdResidual(ffi::AnyBuffer x, F32 scale, F32 bias, ffi::AnyBuffer res, ffi::Result<ffi::AnyBuffer> y,
-                         ffi::Result<F32> mean, ffi::Result<F32> var, float eps, bool relu) {
-  return Fwd(x, scale, bias, &res, y, mean, var, eps, relu);
+                         ffi::Result<F32> mean, ffi::Result<F32> var, float eps, bool relu, bool x_blocked,
+                         bool y_blocked, int64_t hw) {
+  return Fwd(x, scale, bias, &res, y, mean, var, Attrs{eps, relu, x_blocked, y_blocked, hw});
 }
 
 ffi::Error BnBwd(ffi::AnyBuffer x, ffi::AnyBuffer dy, F32 mean, F32 var, F32 scale, F32 bias,
                  ffi::Result<ffi::AnyBuffer> dx, ffi::Result<F32> dscale, ffi::Result<F32> dbias, float eps,
-                 bool relu) {
-  return Bwd(x, nullptr, dy, mean, var, scale, bias.typed_data(), dx, dscale, dbias, nullptr, eps, relu);
+                 bool relu, bool x_blocked, bool y_blocked, int64_t hw) {
+  return Bwd(x, nullptr, dy, mean, var, scale, bias.typed_data(), dx, dscale, dbias, nullptr,
+             Attrs{eps, relu, x_blocked, y_blocked, hw});
 }
 
 ffi::Error BnBwdResidual(ffi::AnyBuffer x, ffi::AnyBuffer y, ffi::AnyBuffer dy, F32 mean, F32 var, F32 scale,
                          ffi::Result<ffi::AnyBuffer> dx, ffi::Result<F32> dscale, ffi::Result<F32> dbias,
-                         ffi::Result<ffi::AnyBuffer> dres, float eps, bool relu) {
-  return Bwd(x, &y, dy, mean, var, scale, nullptr, dx, dscale, dbias, &(*dres), eps, relu);
+                         ffi::Result<ffi::AnyBuffer> dres, float eps, bool relu, bool x_blocked, bool y_blocked,
+                         int64_t hw) {
+  return Bwd(x, &y, dy, mean, var, scale, nullptr, dx, dscale, dbias, &(*dres),
+             Attrs{eps, relu, x_blocked, y_blocked, hw});
 }
 
 }  // namespace
 
 using ffi::AnyBuffer;
 
-// Arguments and results in the order of the handlers above; eps and relu are attributes.
+#define REGNET_BN_ATTRS \
+  Attr<float>("eps").Attr<bool>("relu").Attr<bool>("x_blocked").Attr<bool>("y_blocked").Attr<int64_t>("hw")
+
+// Arguments and results in the order of the handlers above; eps, relu and the layouts are attributes.
 XLA_FFI_DEFINE_HANDLER_SYMBOL(RegnetBnFwd, BnFwd,
-    ffi::Ffi::Bind().Arg<AnyBuffer>().Arg<F32>().Arg<F32>().Ret<AnyBuffer>().Ret<F32>().Ret<F32>()
-        .Attr<float>("eps").Attr<bool>("relu"));
+    ffi::Ffi::Bind().Arg<AnyBuffer>().Arg<F32>().Arg<F32>().Ret<AnyBuffer>().Ret<F32>().Ret<F32>().REGNET_BN_ATTRS);
 XLA_FFI_DEFINE_HANDLER_SYMBOL(RegnetBnFwdResidual, BnFwdResidual,
     ffi::Ffi::Bind().Arg<AnyBuffer>().Arg<F32>().Arg<F32>().Arg<AnyBuffer>().Ret<AnyBuffer>().Ret<F32>().Ret<F32>()
-        .Attr<float>("eps").Attr<bool>("relu"));
+        .REGNET_BN_ATTRS);
 XLA_FFI_DEFINE_HANDLER_SYMBOL(RegnetBnBwd, BnBwd,
     ffi::Ffi::Bind().Arg<AnyBuffer>().Arg<AnyBuffer>().Arg<F32>().Arg<F32>().Arg<F32>().Arg<F32>()
-        .Ret<AnyBuffer>().Ret<F32>().Ret<F32>().Attr<float>("eps").Attr<bool>("relu"));
+        .Ret<AnyBuffer>().Ret<F32>().Ret<F32>().REGNET_BN_ATTRS);
 XLA_FFI_DEFINE_HANDLER_SYMBOL(RegnetBnBwdResidual, BnBwdResidual,
     ffi::Ffi::Bind().Arg<AnyBuffer>().Arg<AnyBuffer>().Arg<AnyBuffer>().Arg<F32>().Arg<F32>().Arg<F32>()
-        .Ret<AnyBuffer>().Ret<F32>().Ret<F32>().Ret<AnyBuffer>().Attr<float>("eps").Attr<bool>("relu"));
+        .Ret<AnyBuffer>().Ret<F32>().Ret<F32>().Ret<AnyBuffer>().REGNET_BN_ATTRS);

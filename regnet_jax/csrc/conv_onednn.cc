@@ -7,6 +7,8 @@
 //
 // Primitives are built once per (kind, shape, stride, groups, dtype) and cached; oneDNN picks its own
 // kernel-weight layout (format `any`) and the handlers reorder the small HWIO kernel to or from it.
+#include <omp.h>
+
 #include <cstdint>
 #include <map>
 #include <memory>
@@ -26,9 +28,10 @@ enum Kind { kFwd = 0, kBwdData = 1, kBwdWeights = 2 };
 
 struct Geometry {
   int64_t n, h, w, cin, cout, k, stride, groups, ho, wo;
+  bool blocked;  // activations in oneDNN's nChw16c, (N, C / 16, H, W, 16), instead of NHWC
 };
 
-using Key = std::tuple<int, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int>;
+using Key = std::tuple<int, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int, bool>;
 
 struct Plan {
   memory::desc src, dst, user_weights, weights;  // weights: the layout the primitive wants
@@ -52,8 +55,9 @@ memory::desc UserWeights(const Geometry& g, memory::data_type dt) {
 std::unique_ptr<Plan> MakePlan(int kind, const Geometry& g, memory::data_type dt) {
   auto& eng = Engine();
   auto plan = std::make_unique<Plan>();
-  plan->src = memory::desc({g.n, g.cin, g.h, g.w}, dt, memory::format_tag::nhwc);
-  plan->dst = memory::desc({g.n, g.cout, g.ho, g.wo}, dt, memory::format_tag::nhwc);
+  const auto layout = g.blocked ? memory::format_tag::nChw16c : memory::format_tag::nhwc;
+  plan->src = memory::desc({g.n, g.cin, g.h, g.w}, dt, layout);
+  plan->dst = memory::desc({g.n, g.cout, g.ho, g.wo}, dt, layout);
   plan->user_weights = UserWeights(g, dt);
   memory::desc any(plan->user_weights.get_dims(), dt, memory::format_tag::any);
   const int64_t p = (g.k - 1) / 2;
@@ -89,7 +93,7 @@ std::unique_ptr<Plan> MakePlan(int kind, const Geometry& g, memory::data_type dt
 const Plan& GetPlan(int kind, const Geometry& g, memory::data_type dt) {
   static std::mutex mu;
   static auto* cache = new std::map<Key, std::unique_ptr<Plan>>();
-  Key key{kind, g.n, g.h, g.w, g.cin, g.cout, g.k, g.stride, g.groups, static_cast<int>(dt)};
+  Key key{kind, g.n, g.h, g.w, g.cin, g.cout, g.k, g.stride, g.groups, static_cast<int>(dt), g.blocked};
   std::lock_guard<std::mutex> lock(mu);
   auto it = cache->find(key);
   if (it == cache->end()) it = cache->emplace(key, MakePlan(kind, g, dt)).first;
@@ -101,16 +105,22 @@ ffi::Error Check(const Geometry& g) {
     return ffi::Error::InvalidArgument("regnet_jax oneDNN conv: bad geometry (odd square kernel, stride >= 1, "
                                        "groups dividing Cin and Cout required)");
   }
+  if (g.blocked && (g.cin % 16 || g.cout % 16)) {
+    return ffi::Error::InvalidArgument("regnet_jax oneDNN conv: the blocked layout needs channels % 16 == 0");
+  }
   if (g.ho != (g.h - 1) / g.stride + 1 || g.wo != (g.w - 1) / g.stride + 1) {
     return ffi::Error::InvalidArgument("regnet_jax oneDNN conv: output size does not match input size and stride");
   }
   return ffi::Error::Success();
 }
 
-// x: (N, H, W, Cin); kernel: (k, k, Cin / groups, Cout); y: (N, Ho, Wo, Cout).
+// x: (N, H, W, Cin), or (N, Cin / 16, H, W, 16) blocked; kernel: (k, k, Cin / groups, Cout); y: like x.
 Geometry FromShapes(ffi::Span<const int64_t> x, ffi::Span<const int64_t> kernel, ffi::Span<const int64_t> y,
-                    int64_t stride, int64_t groups) {
-  return Geometry{x[0], x[1], x[2], x[3], kernel[3], kernel[0], stride, groups, y[1], y[2]};
+                    int64_t stride, int64_t groups, bool blocked) {
+  if (blocked) {
+    return Geometry{x[0], x[2], x[3], x[1] * x[4], kernel[3], kernel[0], stride, groups, y[2], y[3], true};
+  }
+  return Geometry{x[0], x[1], x[2], x[3], kernel[3], kernel[0], stride, groups, y[1], y[2], false};
 }
 
 template <typename T>
@@ -118,12 +128,21 @@ void* Ptr(T& buffer) {
   return const_cast<void*>(static_cast<const void*>(buffer.untyped_data()));
 }
 
+// Runs a kernel-weight reorder on the calling thread alone. The kernels are a few KB: on all OpenMP threads the
+// reorder is mostly the parallel region's start and barrier (~60 us a call, 4-5 ms of a regnetx32 train step).
+void ReorderOnOneThread(const dnnl::reorder& reorder, dnnl::stream& stream, memory& from, memory& to) {
+  const int threads = omp_get_max_threads();
+  omp_set_num_threads(1);
+  reorder.execute(stream, from, to);
+  omp_set_num_threads(threads);
+}
+
 // The HWIO kernel at `kernel` in the layout the plan's primitive wants (a reordered copy when they differ).
 memory KernelForPrimitive(const Plan& plan, dnnl::stream& stream, void* kernel) {
   memory user(plan.user_weights, Engine(), kernel);
   if (!plan.reorder) return user;
   memory w(plan.weights, Engine());
-  plan.to_prim.execute(stream, user, w);
+  ReorderOnOneThread(plan.to_prim, stream, user, w);
   return w;
 }
 
@@ -146,7 +165,7 @@ ffi::Error Run(int kind, const Geometry& g, memory::data_type dt, void* a, void*
       memory src(plan.src, eng, a), diff_dst(plan.dst, eng, b), user_dw(plan.user_weights, eng, out);
       memory dw = plan.reorder ? memory(plan.weights, eng) : user_dw;
       plan.conv.execute(stream, {{DNNL_ARG_SRC, src}, {DNNL_ARG_DIFF_DST, diff_dst}, {DNNL_ARG_DIFF_WEIGHTS, dw}});
-      if (plan.reorder) plan.from_prim.execute(stream, dw, user_dw);
+      if (plan.reorder) ReorderOnOneThread(plan.from_prim, stream, dw, user_dw);
     }
     stream.wait();
   } catch (const dnnl::error& e) {
@@ -159,21 +178,33 @@ memory::data_type DataType(ffi::DataType t) {
   return t == ffi::DataType::BF16 ? memory::data_type::bf16 : memory::data_type::f32;
 }
 
+ffi::Error Shapes(size_t x_rank, size_t y_rank, bool blocked) {
+  const size_t want = blocked ? 5 : 4;
+  if (x_rank != want || y_rank != want) {
+    return ffi::Error::InvalidArgument(blocked ? "regnet_jax oneDNN conv: blocked activations are (N, C/16, H, W, 16)"
+                                               : "regnet_jax oneDNN conv: activations are (N, H, W, C)");
+  }
+  return ffi::Error::Success();
+}
+
 ffi::Error ConvFwd(ffi::AnyBuffer x, ffi::AnyBuffer kernel, ffi::Result<ffi::AnyBuffer> y, int64_t stride,
-                   int64_t groups) {
-  Geometry g = FromShapes(x.dimensions(), kernel.dimensions(), y->dimensions(), stride, groups);
+                   int64_t groups, bool blocked) {
+  if (auto e = Shapes(x.dimensions().size(), y->dimensions().size(), blocked); e.failure()) return e;
+  Geometry g = FromShapes(x.dimensions(), kernel.dimensions(), y->dimensions(), stride, groups, blocked);
   return Run(kFwd, g, DataType(x.element_type()), Ptr(x), Ptr(kernel), y->untyped_data());
 }
 
 ffi::Error ConvBwdData(ffi::AnyBuffer dy, ffi::AnyBuffer kernel, ffi::Result<ffi::AnyBuffer> dx, int64_t stride,
-                       int64_t groups) {
-  Geometry g = FromShapes(dx->dimensions(), kernel.dimensions(), dy.dimensions(), stride, groups);
+                       int64_t groups, bool blocked) {
+  if (auto e = Shapes(dx->dimensions().size(), dy.dimensions().size(), blocked); e.failure()) return e;
+  Geometry g = FromShapes(dx->dimensions(), kernel.dimensions(), dy.dimensions(), stride, groups, blocked);
   return Run(kBwdData, g, DataType(dy.element_type()), Ptr(dy), Ptr(kernel), dx->untyped_data());
 }
 
 ffi::Error ConvBwdWeights(ffi::AnyBuffer x, ffi::AnyBuffer dy, ffi::Result<ffi::AnyBuffer> dkernel, int64_t stride,
-                          int64_t groups) {
-  Geometry g = FromShapes(x.dimensions(), dkernel->dimensions(), dy.dimensions(), stride, groups);
+                          int64_t groups, bool blocked) {
+  if (auto e = Shapes(x.dimensions().size(), dy.dimensions().size(), blocked); e.failure()) return e;
+  Geometry g = FromShapes(x.dimensions(), dkernel->dimensions(), dy.dimensions(), stride, groups, blocked);
   return Run(kBwdWeights, g, DataType(x.element_type()), Ptr(x), Ptr(dy), dkernel->untyped_data());
 }
 
@@ -181,7 +212,7 @@ ffi::Error ConvBwdWeights(ffi::AnyBuffer x, ffi::AnyBuffer dy, ffi::Result<ffi::
 
 #define REGNET_CONV_BINDING                                                                          \
   ffi::Ffi::Bind().Arg<ffi::AnyBuffer>().Arg<ffi::AnyBuffer>().Ret<ffi::AnyBuffer>().Attr<int64_t>("stride") \
-      .Attr<int64_t>("groups")
+      .Attr<int64_t>("groups").Attr<bool>("blocked")
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(RegnetConvFwd, ConvFwd, REGNET_CONV_BINDING);
 XLA_FFI_DEFINE_HANDLER_SYMBOL(RegnetConvBwdData, ConvBwdData, REGNET_CONV_BINDING);
