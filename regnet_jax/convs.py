@@ -27,7 +27,7 @@ Public impls (`CONV_IMPLS`):
               oneDNN's kernels, the grouped ones and their kernel gradient most, are 1.3-5x faster on it than on
               NHWC. Bottleneck AnyNets whose widths are multiples of 16; where only a block's bottleneck width is,
               just its grouped conv uses the layout; elsewhere (bn_impl xla, eval mode) it is onednn. `auto`
-              on one CPU.
+              on one CPU in float32 (in bf16 auto keeps NHWC: measured faster, see layers._blocked_ok).
   auto        resolved per platform, layer shape and dtype by `resolve_impl`.
 
 Private building blocks, used by `custom_vjp` plans (and tested like the public ones):

@@ -180,6 +180,11 @@ def _add_relu(y, residual, relu):
 
 
 def _blocked_ok(train, conv_impl, bn_impl, dtype, channels) -> bool:
+  # auto: float32 only. In bf16 oneDNN's 1x1 kernels are slower on the blocked layout than its NHWC brgemm ones
+  # for narrow layers (32 channels: 1.5-1.8x per layer here), and blocking just the grouped convs measured a
+  # wash on regnetx32 and 5% slower on regnetx_400mf. conv_impl="onednn_blocked" uses the layout in bf16 too.
+  if conv_impl == "auto" and jnp.dtype(dtype) != jnp.float32:
+    return False
   return (train and batchnorm_cpu.resolve_impl(bn_impl, dtype) == "native"
           and convs.blocked_layout(conv_impl, channels=channels, dtype=dtype))
 
@@ -187,7 +192,8 @@ def _blocked_ok(train, conv_impl, bn_impl, dtype, channels) -> bool:
 def network_blocked(spec, *, train: bool, conv_impl: str, bn_impl: str, dtype) -> bool:
   """Whether a whole AnyNet trains on oneDNN's blocked layout (convs `onednn_blocked`): bottleneck blocks, a stem
   without max-pool, every width (stem, stages, bottlenecks, head) a multiple of 16, the oneDNN convs and the
-  native BN. Its 1x1 convs then run 1.3-2x faster and its grouped ones up to 5x (README "Performance")."""
+  native BN (with auto: float32 only, see _blocked_ok). Its 1x1 convs then run 1.3-2x faster and its grouped
+  ones up to 5x (README "Performance")."""
   if spec.block_type != "bottleneck" or spec.stem_type == "res":
     return False
   widths = [spec.stem_w] + [w for s in spec.stages for w in (s.width, int(round(s.width * s.bot_mul)))]

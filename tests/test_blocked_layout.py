@@ -106,7 +106,8 @@ def test_network_blocked_only_where_it_applies():
   assert layers.network_blocked(_spec("regnetx32"), **kw)
   assert layers.network_blocked(_spec("regnety32"), **kw)
   assert layers.network_blocked(_spec("regnetx32"), **{**kw, "conv_impl": "onednn_blocked"})
-  assert layers.network_blocked(_spec("regnetx32"), **{**kw, "dtype": jnp.bfloat16})
+  assert not layers.network_blocked(_spec("regnetx32"), **{**kw, "dtype": jnp.bfloat16})  # auto: f32 only
+  assert layers.network_blocked(_spec("regnetx32"), **{**kw, "dtype": jnp.bfloat16, "conv_impl": "onednn_blocked"})
   assert not layers.network_blocked(_spec("regnetx32"), **{**kw, "train": False})  # eval: XLA's affine BN
   assert not layers.network_blocked(_spec("regnetx32"), **{**kw, "conv_impl": "onednn"})  # NHWC asked for
   assert not layers.network_blocked(_spec("regnetx32"), **{**kw, "bn_impl": "xla"})
@@ -151,7 +152,7 @@ def test_model_bf16_on_the_blocked_layout_is_close():
   x = jax.random.normal(jax.random.key(0), (4, 32, 32, 1))
   spec = _spec("regnety32")
   want, want_leaves, variables = _train_outputs(spec, "onednn", x, dtype=jnp.bfloat16)
-  got, got_leaves, _ = _train_outputs(spec, "auto", x, dtype=jnp.bfloat16, variables=variables)
+  got, got_leaves, _ = _train_outputs(spec, "onednn_blocked", x, dtype=jnp.bfloat16, variables=variables)
   np.testing.assert_allclose(got, want, rtol=2e-2)
   for g, w in zip(got_leaves, want_leaves):
     assert float(np.max(np.abs(g - w))) <= 0.05 * float(np.max(np.abs(w))) + 1e-6
