@@ -7,10 +7,12 @@ X32="--model=regnetx32 --batch-size=128 --image-size=96 --channels=1 --num-class
 X400="--model=regnetx_400mf --batch-size=32 --image-size=224 --steps=10 --warmup=2 --json"
 {
 for X in "$X32" "$X400"; do
-  $B $X --compare-torch --rounds=3                                   # auto: onednn convs + native BN on this CPU
+  $B $X --compare-torch --rounds=3                   # auto: onednn_blocked convs + native BN on this CPU (f32)
+  $B $X --conv-impl=onednn                                           # the same kernels on NHWC activations
   $B $X --conv-impl=onednn --bn-impl=xla
   for i in custom_vjp split im2col; do $B $X --conv-impl=$i --bn-impl=xla; done
   $B $X --half-precision --compare-torch --rounds=3                  # PyTorch under autocast bf16
+  $B $X --half-precision --conv-impl=onednn_blocked                   # auto keeps NHWC in bf16; this is why
   $B $X --half-precision --conv-impl=onednn --bn-impl=xla
   for i in custom_vjp split im2col; do $B $X --half-precision --conv-impl=$i --bn-impl=xla; done
   # The allocator setting (regnet_jax/runtime.py) off, for both frameworks.

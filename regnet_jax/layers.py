@@ -196,8 +196,16 @@ def network_blocked(spec, *, train: bool, conv_impl: str, bn_impl: str, dtype) -
   ones up to 5x (README "Performance")."""
   if spec.block_type != "bottleneck" or spec.stem_type == "res":
     return False
+  if not all(_group_width_ok(int(round(s.width * s.bot_mul)), s.group_w) for s in spec.stages):
+    return False
   widths = [spec.stem_w] + [w for s in spec.stages for w in (s.width, int(round(s.width * s.bot_mul)))]
   return _blocked_ok(train, conv_impl, bn_impl, dtype, widths + ([spec.head_w] if spec.head_w else []))
+
+
+def _group_width_ok(w_b, group_w) -> bool:
+  """oneDNN's blocked grouped kernels need whole 16-channel blocks per group; otherwise it falls back to its
+  reference implementation (regnety_32gf's group width 168: a step took minutes)."""
+  return group_w >= w_b or group_w % onednn.BLOCK == 0
 
 
 class _Layers(nn.Module):
@@ -329,7 +337,7 @@ class BottleneckBlock(_Residual):
     groups = w_b // self.group_w
     if self.blocked:
       return self.blocked_call(x, w_in, w_b, w_se, groups)
-    if groups > 1 and self.blocked_layout((w_b,)):
+    if groups > 1 and _group_width_ok(w_b, self.group_w) and self.blocked_layout((w_b,)):
       # Just the grouped conv in the blocked layout (its kernel gradient gains most), the BNs converting.
       y = self.bn("a_bn")(self.conv(w_b, 1, "a")(x), relu=True, y_blocked=True)
       y = self.conv(w_b, 3, "b", stride=self.stride, groups=groups)(y, blocked=True)

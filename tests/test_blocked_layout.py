@@ -112,6 +112,23 @@ def test_network_blocked_only_where_it_applies():
   assert not layers.network_blocked(_spec("regnetx32"), **{**kw, "conv_impl": "onednn"})  # NHWC asked for
   assert not layers.network_blocked(_spec("regnetx32"), **{**kw, "bn_impl": "xla"})
   assert not layers.network_blocked(_spec("regnetx_200mf"), **kw)  # widths 24, 56, 152, 368
+  assert layers.network_blocked(_spec("regnetx_400mf"), **kw)
+  # Widths multiples of 16 but groups of 24 channels: oneDNN has no blocked kernel for a group that splits a
+  # 16-channel block (it would run its reference code, minutes a step for regnety_32gf's groups of 232).
+  split_groups = AnyNetSpec(stem_w=32, stages=(StageSpec(depth=1, width=48, stride=2, group_w=24),))
+  assert not layers.network_blocked(split_groups, **kw)
+
+
+@pytest.mark.parametrize("group_w,blocked", [(16, True), (24, False)])
+def test_block_blocks_its_grouped_conv_only_for_whole_blocks_per_group(group_w, blocked):
+  """Stem 24 keeps the net NHWC; the block's grouped conv (48 channels) takes the blocked layout iff each group
+  is whole 16-channel blocks: its blocked (N, 3, H, W, 16) activations show in the traced step."""
+  spec = AnyNetSpec(stem_w=24, stages=(StageSpec(depth=1, width=48, stride=2, group_w=group_w),))
+  net = anynet.build_model(spec, num_classes=10)
+  x = jnp.zeros((2, 16, 16, 1))
+  variables = net.init(jax.random.key(0), x)
+  jaxpr = str(jax.make_jaxpr(lambda v: net.apply(v, x, train=True, mutable=["batch_stats"]))(variables))
+  assert ("f32[2,3,4,4,16]" in jaxpr) == blocked
 
 
 def _train_outputs(spec, impl, x, *, scan_blocks=False, bn_groups=1, dtype=jnp.float32, variables=None):
