@@ -8,10 +8,12 @@
 // residual's gradient on the way) and one for dx, all on every OpenMP thread (PyTorch's channels-last batch
 // norm kernels work the same way, without the ReLU / residual fusion).
 //
-// Layout: x is (G, R, C), C contiguous, G independent normalisation groups (BatchNorm's num_groups) of R rows
-// (batch x height x width). Activations float32 or bfloat16 (computed in float32); statistics, scale, bias and
-// their gradients float32. Statistics: shifted sums (shift = each channel's first value, which keeps the
-// variance exact when |mean| >> std) accumulated in float over 64-row blocks and in double across blocks.
+// Layout: x is (G, R, C), G independent normalisation groups (BatchNorm's num_groups) of R rows (batch x height x
+// width), C contiguous; or, per side (attributes x_blocked / y_blocked), oneDNN's blocked nChw16c (see Layout),
+// so that a BN can hand the blocked oneDNN convolutions their layout at no extra pass. Activations float32 or
+// bfloat16 (computed in float32); statistics, scale, bias and their gradients float32. Statistics: shifted sums
+// (shift = each channel's first value, which keeps the variance exact when |mean| >> std) accumulated in float
+// over blocks of at most 64 rows and in double across blocks.
 #include <omp.h>
 
 #include <algorithm>
