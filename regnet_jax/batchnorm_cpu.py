@@ -97,7 +97,8 @@ def _bn_bwd(epsilon, relu, layout, saved, cts):
   zero_m, zero_v = isinstance(dmean, SymbolicZero), isinstance(dvar, SymbolicZero)
   if not (zero_m and zero_v):
     if layout[0]:
-      raise NotImplementedError("gradients through the batch statistics with a blocked x are not implemented")
+      raise NotImplementedError("gradients through the returned batch statistics are not implemented for a blocked "
+                                "x; train on NHWC (conv_impl=onednn) to differentiate them")
     # The statistics' own cotangents (not used by training): d mean / dx = 1/n, d var / dx = 2 (x - mean) / n.
     n = x3.shape[1]
     extra = 0.0 if zero_m else dmean[:, None, :] / n
@@ -112,7 +113,7 @@ _bn.defvjp(_bn_fwd, _bn_bwd, symbolic_zeros=True)
 
 def batch_norm_act(xg, scale, bias, residual=None, *, epsilon: float, relu: bool, x_blocked: bool = False,
                    y_blocked: bool = False):
-  """relu?(batch_norm(xg) + residual?) for xg (groups, batch, H, W, C), statistics per group over all axes but
+  """relu?(batch_norm(xg) + residual?) for xg (groups, batch, ..., C), statistics per group over all axes but
   the first and last; returns (y like xg, mean (groups, C), biased var (groups, C)), statistics float32.
 
   x_blocked: xg is (groups, batch, C // 16, H, W, 16), oneDNN's nChw16c (regnet_jax.onednn.to_blocked);
