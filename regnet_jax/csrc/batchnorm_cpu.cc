@@ -215,7 +215,8 @@ struct Partials {
   }
 };
 
-// kRelu / kRes are template parameters so that the inner loops compile without branches and vectorise.
+// kRelu / kRes (and the layouts kXB / kYB) are template parameters so that the inner loops compile without
+// branches and vectorise.
 template <typename T, bool kRelu, bool kRes, bool kXB, bool kYB>
 void Forward(const T* __restrict x, const float* scale, const float* bias, const T* __restrict res, T* __restrict y,
              float* mean_out, float* var_out, int64_t groups, int64_t r, int64_t c, float eps, const Layout l) {
@@ -231,7 +232,9 @@ void Forward(const T* __restrict x, const float* scale, const float* bias, const
       int64_t begin, end;
       Rows(r, t, nthreads, &begin, &end);
 #pragma omp single
-      for (int64_t j = 0; j < c; ++j) shift[j] = Load(x, off + (kXB ? ChunkOffset<true>(l, j / 16, 16) + j % 16 : j));
+      for (int64_t j = 0; j < c; ++j) {  // the group's first row
+        shift[j] = Load(x, off + (kXB ? ChunkOffset<true>(l, j / 16, 16) + j % 16 : j));
+      }
       const float* __restrict k = shift.data();
       const T* __restrict xs = x;
       SumRows<kXB, kXB>(begin, end, off, l, part.Of(t), [=](int64_t at, int64_t, int64_t j, float& q1, float& q2) {
@@ -415,16 +418,16 @@ struct Kernels {
 template <typename T>
 void ForwardDispatch(const T* x, const float* scale, const float* bias, const T* res, T* y, float* mean, float* var,
                      int64_t g, int64_t r, int64_t c, const Attrs& a, const Layout& l) {
-  Pick<Kernels<T>::template Fwd>([&](auto kernel) { kernel(x, scale, bias, res, y, mean, var, g, r, c, a.eps, l); }, a.relu, res,
-             a.x_blocked, a.y_blocked);
+  auto run = [&](auto kernel) { kernel(x, scale, bias, res, y, mean, var, g, r, c, a.eps, l); };
+  Pick<Kernels<T>::template Fwd>(run, a.relu, res, a.x_blocked, a.y_blocked);
 }
 
 template <typename T>
 void BackwardDispatch(const T* x, const T* y, const T* dy, const float* mean, const float* var, const float* scale,
                       const float* bias, T* dx, T* dres, float* dscale, float* dbias, int64_t g, int64_t r, int64_t c,
                       const Attrs& a, const Layout& l) {
-  Pick<Kernels<T>::template Bwd>([&](auto kernel) { kernel(x, y, dy, mean, var, scale, bias, dx, dres, dscale, dbias, g, r, c, a.eps, l); },
-             a.relu, dres, a.x_blocked, a.y_blocked);
+  auto run = [&](auto kernel) { kernel(x, y, dy, mean, var, scale, bias, dx, dres, dscale, dbias, g, r, c, a.eps, l); };
+  Pick<Kernels<T>::template Bwd>(run, a.relu, dres, a.x_blocked, a.y_blocked);
 }
 
 using F32 = ffi::Buffer<ffi::F32>;
