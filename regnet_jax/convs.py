@@ -321,10 +321,12 @@ def resolve_impl(impl: str, *, k, stride, groups, cin, cout, spatial, backend=No
   return "xla"
 
 
-def blocked_layout(impl: str, *, channels, dtype=jnp.float32) -> bool:
-  """Whether convs of these channel counts may exchange oneDNN's blocked layout (see `onednn_blocked`): asked for
-  (onednn_blocked, or auto where auto means oneDNN) and every count a multiple of onednn.BLOCK."""
-  if impl not in ("auto", "onednn_blocked") or any(c % onednn.BLOCK for c in channels):
+def blocked_layout(impl: str, *, channels, group_widths=(), dtype=jnp.float32) -> bool:
+  """Whether convs of these channel counts (and grouped convs of these channels per group) may exchange oneDNN's
+  blocked layout (see `onednn_blocked`): asked for (onednn_blocked, or auto where auto means oneDNN) and every
+  count a multiple of onednn.BLOCK. A group that splits a block has no blocked oneDNN kernel: oneDNN falls back
+  to its reference code (regnety_32gf's groups of 232 channels: minutes for one batch-2 step)."""
+  if impl not in ("auto", "onednn_blocked") or any(c % onednn.BLOCK for c in (*channels, *group_widths)):
     return False
   return resolve_impl(impl, k=3, stride=1, groups=1, cin=onednn.BLOCK, cout=onednn.BLOCK, spatial=8,
                       dtype=dtype) in ("onednn", "onednn_blocked")

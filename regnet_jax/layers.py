@@ -179,14 +179,14 @@ def _add_relu(y, residual, relu):
   return nn.relu(y) if relu else y
 
 
-def _blocked_ok(train, conv_impl, bn_impl, dtype, channels) -> bool:
+def _blocked_ok(train, conv_impl, bn_impl, dtype, channels, group_widths=()) -> bool:
   # auto: float32 only. In bf16 oneDNN's 1x1 kernels are slower on the blocked layout than its NHWC brgemm ones
   # for narrow layers (32 channels: 1.5-1.8x per layer here), and blocking just the grouped convs measured a
   # wash on regnetx32 and 5% slower on regnetx_400mf. conv_impl="onednn_blocked" uses the layout in bf16 too.
   if conv_impl == "auto" and jnp.dtype(dtype) != jnp.float32:
     return False
   return (train and batchnorm_cpu.resolve_impl(bn_impl, dtype) == "native"
-          and convs.blocked_layout(conv_impl, channels=channels, dtype=dtype))
+          and convs.blocked_layout(conv_impl, channels=channels, group_widths=group_widths, dtype=dtype))
 
 
 def network_blocked(spec, *, train: bool, conv_impl: str, bn_impl: str, dtype) -> bool:
@@ -196,16 +196,11 @@ def network_blocked(spec, *, train: bool, conv_impl: str, bn_impl: str, dtype) -
   ones up to 5x (README "Performance")."""
   if spec.block_type != "bottleneck" or spec.stem_type == "res":
     return False
-  if not all(_group_width_ok(int(round(s.width * s.bot_mul)), s.group_w) for s in spec.stages):
-    return False
-  widths = [spec.stem_w] + [w for s in spec.stages for w in (s.width, int(round(s.width * s.bot_mul)))]
-  return _blocked_ok(train, conv_impl, bn_impl, dtype, widths + ([spec.head_w] if spec.head_w else []))
-
-
-def _group_width_ok(w_b, group_w) -> bool:
-  """oneDNN's blocked grouped kernels need whole 16-channel blocks per group; otherwise it falls back to its
-  reference implementation (regnety_32gf's group width 168: a step took minutes)."""
-  return group_w >= w_b or group_w % onednn.BLOCK == 0
+  bottlenecks = [int(round(s.width * s.bot_mul)) for s in spec.stages]
+  widths = [spec.stem_w] + [w for s, w_b in zip(spec.stages, bottlenecks) for w in (s.width, w_b)]
+  group_widths = [s.group_w for s, w_b in zip(spec.stages, bottlenecks) if s.group_w < w_b]
+  return _blocked_ok(train, conv_impl, bn_impl, dtype, widths + ([spec.head_w] if spec.head_w else []),
+                     group_widths)
 
 
 class _Layers(nn.Module):
@@ -229,10 +224,10 @@ class _Layers(nn.Module):
     return BatchNorm(use_running_average=not self.train, num_groups=self.bn_groups, impl=self.bn_impl,
                      dtype=self.dtype, param_dtype=self.param_dtype, name=name)
 
-  def blocked_layout(self, channels) -> bool:
+  def blocked_layout(self, channels, group_widths=()) -> bool:
     """Whether convs of these widths may exchange oneDNN's blocked layout, the BNs around them converting for
     free (convs `onednn_blocked`): training with the native BN, and convs.blocked_layout."""
-    return _blocked_ok(self.train, self.conv_impl, self.bn_impl, self.dtype, channels)
+    return _blocked_ok(self.train, self.conv_impl, self.bn_impl, self.dtype, channels, group_widths)
 
   def conv_bn_blocked(self, x, features, k, name, *, stride=1, groups=1, relu=True, residual=None):
     """conv_bn with x, the residual and the result in the blocked layout."""
@@ -337,7 +332,7 @@ class BottleneckBlock(_Residual):
     groups = w_b // self.group_w
     if self.blocked:
       return self.blocked_call(x, w_in, w_b, w_se, groups)
-    if groups > 1 and _group_width_ok(w_b, self.group_w) and self.blocked_layout((w_b,)):
+    if groups > 1 and self.blocked_layout((w_b,), group_widths=(self.group_w,)):
       # Just the grouped conv in the blocked layout (its kernel gradient gains most), the BNs converting.
       y = self.bn("a_bn")(self.conv(w_b, 1, "a")(x), relu=True, y_blocked=True)
       y = self.conv(w_b, 3, "b", stride=self.stride, groups=groups)(y, blocked=True)
