@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import ml_collections
 
-from regnet_jax import zoo
+from regnet_jax import specs_io, zoo
 from regnet_jax.optim import SCHEDULES
 
 DATASETS = ("fashion_mnist", "cifar10", "imagenet2012")
@@ -69,8 +69,7 @@ def _fail(field, value, allowed):
 def validate(c: ml_collections.ConfigDict) -> None:
   """Raise ValueError naming the first bad field. Called before the workdir is touched."""
   if c.model_spec:
-    from regnet_jax.sweep.specs_io import spec_from_json  # only sweeps need it
-    spec_from_json(c.model_spec)
+    specs_io.spec_from_json(c.model_spec)
   else:
     zoo.get_spec(c.model)
   if c.dataset not in DATASETS:

@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import sys
 
-from absl import app, flags, logging
+from absl import app, flags
 from ml_collections import config_flags
 
-from regnet_jax import runtime
+from regnet_jax import console, runtime
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "training config file, e.g. configs/regnetx32.py",
                                           lock_config=True)
@@ -22,7 +22,7 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   from regnet_jax import distributed, train
-  logging.set_verbosity(logging.INFO)
+  console.show_own_info()
   try:
     distributed.initialize_from_env()
     train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)

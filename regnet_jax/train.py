@@ -23,7 +23,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from regnet_jax import anynet, checkpointing, optim, sharding, steps, zoo
+from regnet_jax import anynet, checkpointing, optim, sharding, specs_io, steps, zoo
 from regnet_jax import config as config_lib
 from regnet_jax import data as data_lib
 from regnet_jax import metrics_io
@@ -45,8 +45,7 @@ class RunPlan:
 
 def model_spec(config) -> Any:
   if config.model_spec:
-    from regnet_jax.sweep.specs_io import spec_from_json
-    return spec_from_json(config.model_spec)
+    return specs_io.spec_from_json(config.model_spec)
   return zoo.get_spec(config.model)
 
 

@@ -9,7 +9,7 @@ import pytest
 
 from regnet_jax.sweep import results
 from regnet_jax.sweep.runner import (Shard, SweepError, parse_shard, plan_trials, run_sweep, trial_train_config)
-from regnet_jax.sweep.specs_io import spec_from_json
+from regnet_jax.specs_io import spec_from_json
 
 
 def sweep_config(n=3):

@@ -9,7 +9,7 @@ from regnet_jax.regnet import generate_regnet, regnet_to_anynet
 from regnet_jax.specs import SpecError
 from regnet_jax.sweep import rand, spaces
 from regnet_jax.sweep.sampling import Regime, RegimeError, sample_space
-from regnet_jax.sweep.specs_io import spec_from_dict, spec_from_json, spec_to_dict, spec_to_json
+from regnet_jax.specs_io import spec_from_dict, spec_from_json, spec_to_dict, spec_to_json
 
 N = 1000
 ANYNET_SPACES = ("AnyNetX_A", "AnyNetX_B", "AnyNetX_C", "AnyNetX_D", "AnyNetX_E", "VioNet")

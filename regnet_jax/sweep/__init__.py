@@ -10,6 +10,6 @@ shardable sweeps, and their analysis (EDFs, bootstrap, trends, RegNet linear fit
 JAX and no matplotlib.
 """
 
-from regnet_jax.sweep.specs_io import regnet_to_dict, spec_from_dict, spec_from_json, spec_to_dict, spec_to_json
+from regnet_jax.specs_io import regnet_to_dict, spec_from_dict, spec_from_json, spec_to_dict, spec_to_json
 
 __all__ = ["regnet_to_dict", "spec_from_dict", "spec_from_json", "spec_to_dict", "spec_to_json"]

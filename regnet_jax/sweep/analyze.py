@@ -21,7 +21,7 @@ import numpy as np
 from regnet_jax.sweep import stats
 from regnet_jax.sweep.linear_fit import fit_regnet
 from regnet_jax.sweep.results import load_dirs
-from regnet_jax.sweep.specs_io import spec_from_dict
+from regnet_jax.specs_io import spec_from_dict
 
 METRICS = {"best": "best_error", "final": "final_error"}
 

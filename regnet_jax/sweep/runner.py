@@ -26,7 +26,7 @@ from typing import Any
 from regnet_jax.sweep.results import append_record, read_records, results_path
 from regnet_jax.sweep.sampling import Regime, Sample, sample_space
 from regnet_jax.sweep.spaces import space_from_dict
-from regnet_jax.sweep.specs_io import regnet_to_dict, spec_to_dict, spec_to_json
+from regnet_jax.specs_io import regnet_to_dict, spec_to_dict, spec_to_json
 
 TrainFn = Callable[[Any, str], Mapping[str, Any]]
 

@@ -11,7 +11,7 @@ import numpy as np
 from regnet_jax.complexity import Complexity, complexity
 from regnet_jax.specs import AnyNetSpec, RegNetSpec
 from regnet_jax.sweep.spaces import Space
-from regnet_jax.sweep.specs_io import regnet_to_dict, spec_to_dict
+from regnet_jax.specs_io import regnet_to_dict, spec_to_dict
 
 Bounds = tuple[float, float] | None
 DRAWS_PER_SAMPLE = 2000  # rejection budget per requested model (plus a fixed floor) before giving up

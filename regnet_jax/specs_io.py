@@ -1,4 +1,4 @@
-"""JSON-able dict <-> spec conversions, used by sweep results and by the trainer's `config.model_spec`.
+"""JSON-able dict <-> spec conversions: the trainer's `config.model_spec`, sweep results, saved specs.
 
 The AnyNet dict is pycls's per-stage list form: `AnyNetSpec.from_lists(**d)` builds the spec back.
 `spec_to_json` / `spec_from_json` wrap it in the JSON string the trainer reads from `config.model_spec`.
@@ -56,7 +56,7 @@ def spec_from_json(text: str) -> AnyNetSpec:
   try:
     d = json.loads(text)
   except (TypeError, json.JSONDecodeError) as e:
-    raise SpecError(f"model_spec={text!r} is not JSON ({e}); write it with regnet_jax.sweep.spec_to_json") from None
+    raise SpecError(f"model_spec={text!r} is not JSON ({e}); write it with regnet_jax.specs_io.spec_to_json") from None
   if not isinstance(d, dict):
     raise SpecError(f"model_spec={text!r} must be a JSON object with depths, widths, ...")
   return spec_from_dict(d)
