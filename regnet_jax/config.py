@@ -13,6 +13,8 @@ from regnet_jax import specs_io, zoo
 from regnet_jax.optim import SCHEDULES
 
 DATASETS = ("fashion_mnist", "cifar10", "imagenet2012")
+DATASET_PREFIXES = ("folder:", "tfds:")  # your own data: an image folder, any prepared TFDS dataset
+TRAINABLES = ("all", "head")
 AUGMENTS = ("none", "flip", "crop_flip", "imagenet")
 CHANNEL_ORDERS = ("RGB", "BGR")
 CONV_IMPL_DEFAULT = "auto"
@@ -29,8 +31,14 @@ def base_config() -> ml_collections.ConfigDict:
   c.half_precision = False  # bf16 compute, f32 parameters and optimiser state
   c.bn_sync = True  # True: BN statistics over the global batch; False: per device (pycls)
   # Data.
-  c.dataset = "fashion_mnist"
+  c.dataset = "fashion_mnist"  # a built-in name, folder:PATH (PATH/train/CLASS/*.png ...) or tfds:NAME[:VERSION]
   c.data_dir = ""  # IDX files or a TFDS data_dir; "" = defaults (Debian package location, ~/tensorflow_datasets)
+  c.train_split = ""  # "" = the dataset's own (folders: train; TFDS: train)
+  c.eval_split = ""  # "" = the dataset's own (folders: val; TFDS: validation, else test)
+  c.channels = 0  # 0 = from the data (folders: grey if the images are); 1 or 3 converts
+  c.mean = ()  # per-channel normalisation in [0, 255] units; () = the dataset's (ImageNet's for your own data)
+  c.std = ()  # see `python -m regnet_jax.data.stats DATASET` to compute both
+  c.skip_bad_images = False  # image folders: leave undecodable files out (counted in the log) instead of failing
   c.image_size = 96
   c.augment = "none"
   c.eval_resize = 0  # imagenet eval: resize shorter side to this, then centre crop image_size; 0 = image_size*256/224
@@ -58,6 +66,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.log_every_steps = 50
   c.eval_only = False
   c.init_from = ""  # a converted-weights or checkpoint directory to start from (fine-tuning, eval_only)
+  c.trainable = "all"  # all, or head: a linear probe (only the classifier learns; BN statistics frozen)
+  c.bn_frozen = False  # BN in inference mode while training (running statistics used and kept): small batches
   c.progress_bar = True
   return c
 
@@ -72,8 +82,17 @@ def validate(c: ml_collections.ConfigDict) -> None:
     specs_io.spec_from_json(c.model_spec)
   else:
     zoo.get_spec(c.model)
-  if c.dataset not in DATASETS:
-    _fail("dataset", c.dataset, f"one of {', '.join(DATASETS)}")
+  if c.dataset not in DATASETS and not c.dataset.startswith(DATASET_PREFIXES):
+    _fail("dataset", c.dataset, f"one of {', '.join(DATASETS)}, or folder:PATH (an image folder) or "
+          "tfds:NAME[:VERSION] (a prepared TFDS dataset)")
+  if c.trainable not in TRAINABLES:
+    _fail("trainable", c.trainable, f"one of {', '.join(TRAINABLES)}")
+  if c.channels not in (0, 1, 3):
+    _fail("channels", c.channels, "0 (from the data), 1 or 3")
+  if bool(c.mean) != bool(c.std) or len(c.mean) != len(c.std):
+    _fail("mean", c.mean, f"give --config.mean and --config.std together, one value per channel (std={c.std!r})")
+  if any(not v > 0 for v in c.std):
+    _fail("std", c.std, "every value must be > 0")
   if c.augment not in AUGMENTS:
     _fail("augment", c.augment, f"one of {', '.join(AUGMENTS)}")
   if c.channel_order not in CHANNEL_ORDERS:

@@ -12,7 +12,7 @@ import tensorflow_datasets as tfds
 from regnet_jax.data import (
   InceptionCrop,
   ResizeCenterCrop,
-  TfdsSource,
+  RecordSource,
   dataset_info,
   make_eval_batches,
   make_train_batches,
@@ -77,7 +77,7 @@ def test_mock_imagenet_train_batches(mock_tfds):
 
 def test_inception_crop_is_per_epoch_and_example(mock_tfds):
   source = open_source("imagenet2012", "train", transform=InceptionCrop(IMAGE_SIZE), seed=3)
-  assert isinstance(source, TfdsSource)
+  assert isinstance(source, RecordSource)
   indices = np.arange(6)
   epoch0 = source.batch(indices, epoch=0)["image"]
   np.testing.assert_array_equal(epoch0, source.batch(indices, epoch=0)["image"])

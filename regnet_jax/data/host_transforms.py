@@ -113,3 +113,19 @@ class InceptionCrop:
     if box is None:
       box = center_crop_box(image.shape[0], image.shape[1], self.size, self.size)
     return _resize_box(image, (self.size, self.size), box)
+
+
+@dataclasses.dataclass(frozen=True)
+class Resize:
+  """The whole image resampled to `size` x `size` (aspect ratio not kept): `augment=none` on image folders."""
+
+  size: int
+  random: ClassVar[bool] = False
+
+  def __post_init__(self):
+    if self.size <= 0:
+      raise ValueError(f"size must be positive, got {self.size}")
+
+  def __call__(self, image: np.ndarray, rng: np.random.Generator | None = None) -> np.ndarray:
+    del rng  # deterministic
+    return _resize_box(image, (self.size, self.size), (0.0, 0.0, float(image.shape[1]), float(image.shape[0])))

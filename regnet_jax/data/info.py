@@ -12,8 +12,11 @@ import types
 from typing import Mapping
 
 # ImageNet RGB statistics in [0, 255] pixel units (pycls keeps them in BGR order).
-_IMAGENET_MEAN = (0.485 * 255, 0.456 * 255, 0.406 * 255)
-_IMAGENET_STD = (0.229 * 255, 0.224 * 255, 0.225 * 255)
+IMAGENET_MEAN = (0.485 * 255, 0.456 * 255, 0.406 * 255)
+IMAGENET_STD = (0.229 * 255, 0.224 * 255, 0.225 * 255)
+# For grey images: the mean of the three (timm's convention for 1-channel inputs).
+IMAGENET_GREY_MEAN = (sum(IMAGENET_MEAN) / 3,)
+IMAGENET_GREY_STD = (sum(IMAGENET_STD) / 3,)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -31,6 +34,12 @@ class DatasetSpec:
   variable_size: bool
   # Appended to "dataset not found" errors.
   how_to_get: str
+  # Where the data comes from: "builtin" (the names below), "folder" (an ImageFolder tree at `location`) or
+  # "tfds" (any prepared TFDS dataset; `location` is "NAME[:VERSION]").
+  kind: str = "builtin"
+  location: str = ""
+  classes: tuple[str, ...] = ()  # class names in label order, where the data names them
+  skip_bad_images: bool = False  # image folders: leave undecodable files out instead of failing
 
 
 DATASETS: Mapping[str, DatasetSpec] = types.MappingProxyType({
@@ -73,8 +82,8 @@ DATASETS: Mapping[str, DatasetSpec] = types.MappingProxyType({
     name="imagenet2012",
     num_classes=1000,
     channels=3,
-    mean=_IMAGENET_MEAN,
-    std=_IMAGENET_STD,
+    mean=IMAGENET_MEAN,
+    std=IMAGENET_STD,
     train_split="train",
     eval_split="validation",
     variable_size=True,
@@ -88,12 +97,16 @@ DATASETS: Mapping[str, DatasetSpec] = types.MappingProxyType({
 })
 
 
+DATASET_FORMS = ("folder:PATH", "tfds:NAME[:VERSION]")
+
+
 def dataset_spec(name: str) -> DatasetSpec:
-  """Returns the static facts of a supported dataset; unknown names raise ValueError."""
+  """Returns the static facts of a built-in dataset; unknown names raise ValueError."""
   try:
     return DATASETS[name]
   except KeyError:
-    raise ValueError(f"unknown dataset {name!r}; known: {sorted(DATASETS)}") from None
+    raise ValueError(f"unknown dataset {name!r}; known: {', '.join(sorted(DATASETS))}, or "
+                     f"{' / '.join(DATASET_FORMS)} for your own data") from None
 
 
 @dataclasses.dataclass(frozen=True)

@@ -25,13 +25,16 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-from regnet_jax.data.host_transforms import HostTransform, InceptionCrop, ResizeCenterCrop
-from regnet_jax.data.info import dataset_spec
+from regnet_jax.data.host_transforms import HostTransform, InceptionCrop, Resize, ResizeCenterCrop
+from regnet_jax.data.info import DatasetSpec
+from regnet_jax.data.catalog import as_spec
 from regnet_jax.data.seeding import epoch_permutation
 from regnet_jax.data.sources import Source, dataset_info, open_source
 
 Batch = dict[str, np.ndarray]
-HOST_CROPS = ("inception", "center")
+# Training geometry of variable-sized images: random-sized crop, centre crop, or the whole image resized.
+HOST_CROPS = ("inception", "center", "resize")
+EVAL_CROPS = ("center", "resize")
 # pycls / torchvision evaluate at 224 after resizing the shorter side to 256.
 EVAL_RESIZE_RATIO = 256 / 224
 
@@ -202,22 +205,38 @@ def _iterate_with_grain(
     iterator.close()  # stops threads / worker processes when the consumer is done
 
 
-def _train_transform(name: str, host_crop: str, image_size: int) -> HostTransform | None:
+def _train_transform(spec: DatasetSpec, host_crop: str, image_size: int) -> HostTransform | None:
   """Host crop for training; None for fixed-size datasets, which are resized on the device."""
   if host_crop not in HOST_CROPS:
     raise ValueError(f"unknown host_crop {host_crop!r}; known: {HOST_CROPS}")
-  if not dataset_spec(name).variable_size:
+  if not spec.variable_size:
     return None
   if host_crop == "inception":
     return InceptionCrop(image_size)
+  if host_crop == "resize":
+    return Resize(image_size)
   return ResizeCenterCrop(image_size, eval_resize_size(image_size))
 
 
-def _eval_transform(name: str, image_size: int, resize_size: int | None) -> HostTransform | None:
-  """Host resize + centre crop for evaluation; None for fixed-size datasets."""
-  if not dataset_spec(name).variable_size:
+def _eval_transform(spec: DatasetSpec, image_size: int, resize_size: int | None, eval_crop: str) -> HostTransform | None:
+  """Host resize + centre crop (or plain resize) for evaluation; None for fixed-size datasets."""
+  if eval_crop not in EVAL_CROPS:
+    raise ValueError(f"unknown eval_crop {eval_crop!r}; known: {EVAL_CROPS}")
+  if not spec.variable_size:
     return None
+  if eval_crop == "resize":
+    return Resize(image_size)
   return ResizeCenterCrop(image_size, resize_size if resize_size is not None else eval_resize_size(image_size))
+
+
+def host_crops_for(spec: DatasetSpec, augment: str) -> tuple[str, str]:
+  """(train host_crop, eval_crop) for a config's augment: your own data without augmentation is only resized.
+
+  Built-in ImageNet keeps pycls's geometry whatever the augment (its eval numbers depend on the centre crop).
+  """
+  if spec.kind != "builtin" and augment == "none":
+    return "resize", "resize"
+  return "inception", "center"
 
 
 def eval_resize_size(image_size: int) -> int:
@@ -226,7 +245,7 @@ def eval_resize_size(image_size: int) -> int:
 
 
 def make_train_batches(
-  name: str,
+  dataset: str | DatasetSpec,
   *,
   data_dir: str | os.PathLike | None,
   global_batch_size: int,
@@ -244,21 +263,22 @@ def make_train_batches(
   """Infinite iterator of this process's training batches from step `start_step` on.
 
   Each batch is {"image": uint8 (B/P, H, W, C), "label": int32 (B/P,)}.
-  `image_size` and `host_crop` ("inception" or "center") only apply to
-  variable-sized datasets (ImageNet), which are cropped on the host; fixed-size
+  `image_size` and `host_crop` ("inception", "center" or "resize") only apply to
+  variable-sized datasets (ImageNet, image folders), which are cropped on the host; fixed-size
   datasets keep their native size and are resized on the device.
   """
   if start_step < 0:
     raise ValueError(f"start_step must be >= 0, got {start_step}")
-  transform = _train_transform(name, host_crop, image_size)
-  source = open_source(name, "train", data_dir=data_dir, transform=transform, seed=seed, download=download)
+  spec = as_spec(dataset, data_dir)
+  transform = _train_transform(spec, host_crop, image_size)
+  source = open_source(spec, "train", data_dir=data_dir, transform=transform, seed=seed, download=download)
   order = TrainOrder(source.num_examples, global_batch_size, seed, process_index, process_count)
   return _iterate(_TrainBatchFn(order, source), start_step, None,
                   num_workers=num_workers, num_threads=num_threads, prefetch=prefetch)
 
 
 def make_eval_batches(
-  name: str,
+  dataset: str | DatasetSpec,
   *,
   data_dir: str | os.PathLike | None,
   global_batch_size: int,
@@ -266,6 +286,7 @@ def make_eval_batches(
   process_count: int = 1,
   image_size: int,
   resize_size: int | None = None,
+  eval_crop: str = "center",
   num_workers: int = 0,
   num_threads: int = 1,
   prefetch: int = 2,
@@ -276,16 +297,18 @@ def make_eval_batches(
   Every process yields the same number of batches (ceil(num_eval / B)); padded
   rows are zero with mask False. Variable-sized datasets are resized (shorter
   side to `resize_size`, default round(image_size * 256 / 224)) and centre
-  cropped to `image_size` on the host.
+  cropped to `image_size` on the host, or with eval_crop="resize" resized whole.
   """
-  transform = _eval_transform(name, image_size, resize_size)
-  source = open_source(name, "eval", data_dir=data_dir, transform=transform, download=download)
+  spec = as_spec(dataset, data_dir)
+  transform = _eval_transform(spec, image_size, resize_size, eval_crop)
+  source = open_source(spec, "eval", data_dir=data_dir, transform=transform, download=download)
   order = EvalOrder(source.num_examples, global_batch_size, process_index, process_count)
   return _iterate(_EvalBatchFn(order, source), 0, order.num_batches,
                   num_workers=num_workers, num_threads=num_threads, prefetch=prefetch)
 
 
-def steps_per_epoch(name: str, global_batch_size: int, data_dir: str | os.PathLike | None = None) -> int:
+def steps_per_epoch(dataset: str | DatasetSpec, global_batch_size: int,
+                    data_dir: str | os.PathLike | None = None) -> int:
   """Training steps per epoch (the remainder of each epoch is dropped)."""
-  num_train = dataset_info(name, data_dir).num_train
+  num_train = dataset_info(dataset, data_dir).num_train
   return TrainOrder(num_train, global_batch_size, seed=0).steps_per_epoch

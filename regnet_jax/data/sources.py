@@ -1,9 +1,11 @@
 """Index-based, deterministic host sources: `batch(indices)` -> uint8 images and int32 labels.
 
 Two kinds: `ArraySource` (whole dataset in memory; Fashion-MNIST from IDX files)
-and `TfdsSource` (random access into a TFDS array_record build through
-`tfds.data_source`; decoding and, for variable-sized images, cropping on the
-host). `open_source` picks one for a dataset name and split.
+and `RecordSource` (random access into records decoded on the host: a TFDS
+build through `tfds.data_source` or our TFRecord index, or an image folder;
+variable-sized images are cropped on the host). `open_source` picks one for a
+dataset (a built-in name, `folder:PATH`, `tfds:NAME`, or a resolved DatasetSpec)
+and split.
 """
 
 from __future__ import annotations
@@ -16,10 +18,11 @@ from typing import Any, Mapping, Protocol, Sequence
 
 import numpy as np
 
-from regnet_jax.data import fashion_mnist
+from regnet_jax.data import fashion_mnist, folder, tfds_datasets
 from regnet_jax.data.errors import DatasetNotFoundError
 from regnet_jax.data.host_transforms import HostTransform
-from regnet_jax.data.info import DatasetInfo, DatasetSpec, dataset_spec
+from regnet_jax.data.info import DatasetInfo, DatasetSpec
+from regnet_jax.data.catalog import as_spec
 from regnet_jax.data.seeding import example_rng
 
 SPLIT_KINDS = ("train", "eval")
@@ -62,8 +65,8 @@ class ArraySource:
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
-class TfdsSource:
-  """A split read example by example from a TFDS data source (`tfds.data_source(...)`).
+class RecordSource:
+  """A split read example by example: a TFDS data source, TFRecord index or image folder.
 
   `records` only needs `len()` and `records[i] -> {"image": HWC uint8, "label": int}`,
   which also keeps the source picklable for grain's worker processes.
@@ -146,8 +149,22 @@ def _open_tfds(spec: DatasetSpec, split: str, data_dir: str | os.PathLike | None
     ) from e
 
 
+def split_records(spec: DatasetSpec, split: str, data_dir: str | os.PathLike | None, download: bool) -> Sequence:
+  """Random-access records of a folder or TFDS split, images converted to the spec's channels."""
+  if spec.kind == "folder":
+    # The eval split takes the train split's classes: label i means the same class in both.
+    classes = None if split == spec.train_split else spec.classes
+    index = folder.scan_split(spec.location, split, classes, skip_bad_images=spec.skip_bad_images)
+    return folder.FolderRecords(index, spec.channels)
+  if spec.kind == "tfds":
+    return tfds_datasets.ChannelRecords(tfds_datasets.open_records(spec.location, split,
+                                                                   os.fspath(data_dir) if data_dir else None),
+                                        spec.channels)
+  return _open_tfds(spec, split, data_dir, download)
+
+
 def open_source(
-  name: str,
+  dataset: str | DatasetSpec,
   kind: str,
   *,
   data_dir: str | os.PathLike | None = None,
@@ -155,35 +172,38 @@ def open_source(
   seed: int = 0,
   download: bool = True,
 ) -> Source:
-  """Opens split `kind` ("train" or "eval") of dataset `name`.
+  """Opens split `kind` ("train" or "eval") of `dataset`.
 
   Fashion-MNIST comes from IDX files when `data_dir` (or, without one,
-  /usr/share/datasets/fashion-mnist) holds them, from TFDS otherwise; every
-  other dataset comes from TFDS's array_record build in `data_dir`.
-  `transform` is required for variable-sized datasets and applied per example.
+  /usr/share/datasets/fashion-mnist) holds them, from TFDS otherwise; image
+  folders from their files; every other dataset from its TFDS build in
+  `data_dir`. `transform` is required for variable-sized datasets and applied
+  per example.
   """
-  spec = dataset_spec(name)
+  spec = as_spec(dataset, data_dir)
   split = _split_name(spec, kind)
   if spec.variable_size and transform is None:
-    raise ValueError(f"{name} has images of varying sizes: pass a host transform (InceptionCrop / ResizeCenterCrop)")
+    raise ValueError(f"{spec.name} has images of varying sizes: pass a host transform (InceptionCrop / "
+                     "ResizeCenterCrop / Resize)")
   directory = _idx_dir(spec, data_dir)
   if directory is not None:
     if transform is not None:
       raise ValueError("in-memory sources take no host transform; resize on the device instead")
     return ArraySource(*fashion_mnist.load_split(directory, split))
-  return TfdsSource(_open_tfds(spec, split, data_dir, download), transform=transform, seed=seed)
+  return RecordSource(split_records(spec, split, data_dir, download), transform=transform, seed=seed)
 
 
-def dataset_info(name: str, data_dir: str | os.PathLike | None = None, *, download: bool = True) -> DatasetInfo:
-  """Static facts of `name` plus the example counts of the data found for it."""
-  spec = dataset_spec(name)
+def dataset_info(dataset: str | DatasetSpec, data_dir: str | os.PathLike | None = None, *,
+                 download: bool = True) -> DatasetInfo:
+  """Static facts of `dataset` plus the example counts of the data found for it."""
+  spec = as_spec(dataset, data_dir)
   directory = _idx_dir(spec, data_dir)
   if directory is not None:  # header reads only: milliseconds
     num_train = fashion_mnist.split_size(directory, spec.train_split)
     num_eval = fashion_mnist.split_size(directory, spec.eval_split)
   else:
-    num_train = len(_open_tfds(spec, spec.train_split, data_dir, download))
-    num_eval = len(_open_tfds(spec, spec.eval_split, data_dir, download))
+    num_train = len(split_records(spec, spec.train_split, data_dir, download))
+    num_eval = len(split_records(spec, spec.eval_split, data_dir, download))
   return DatasetInfo(
     name=spec.name,
     num_classes=spec.num_classes,
