@@ -365,23 +365,74 @@ def save_variables(directory: str | os.PathLike, variables: dict, *, metadata: d
     checkpointer.save(_VARIABLES_STEP, dict(variables), metadata=metadata, force=True)
 
 
-def restore_params_only(directory: str | os.PathLike, abstract_variables: dict) -> dict:
+def reinitialised_leaves(expected: dict, stored: dict, reinit_prefixes: tuple[str, ...]) -> dict[str, str]:
+  """Leaves under `reinit_prefixes` that the checkpoint cannot fill (other shape, or absent): path -> why."""
+  out = {}
+  for path, shape in expected.items():
+    if reinit_prefixes and path.startswith(reinit_prefixes):
+      if path not in stored:
+        out[path] = f"not in the checkpoint, model {shape}"
+      elif stored[path] != shape:
+        out[path] = f"checkpoint {stored[path]}, model {shape}"
+  return out
+
+
+def _without(abstract: Any, paths) -> Any:
+  flat = ocp.tree.to_flat_dict(abstract, sep="/")
+  return ocp.tree.from_flat_dict({p: v for p, v in flat.items() if p not in paths}, sep="/")
+
+
+def check_params_only(directory: str | os.PathLike, abstract_variables: dict, *,
+                      reinit_prefixes: tuple[str, ...] = (), fix: str | None = None) -> dict[str, str]:
+  """What `restore_params_only` would do, from the newest checkpoint's metadata alone (no array is read).
+
+  Returns the leaves it would leave to their fresh initialisation (path -> why); raises
+  IncompatibleCheckpointError naming every other leaf that does not fit (then `fix`, what the caller's user
+  should do), FileNotFoundError without a checkpoint. For checks before a run writes anything.
+  """
+  directory = _normalize_directory(directory)
+  if not epath.Path(directory).exists():
+    raise FileNotFoundError(f"no checkpoint directory {directory} (init_from / converted weights)")
+  expected = _abstract_shapes(_check_abstract(abstract_variables))
+  manager = _make_manager(directory, max_to_keep=None, read_only=True, state_handler=ocp.PyTreeCheckpointHandler())
+  try:
+    steps = manager.all_steps()
+    if not steps:
+      raise FileNotFoundError(f"no complete checkpoint in {directory} (expected {directory}/<step>/state, "
+                              "written by Checkpointer.save or save_variables)")
+    step = max(steps)
+    stored = _checkpoint_shapes(manager.item_metadata(step)[_STATE].tree)
+  finally:
+    manager.close()
+  reinit = reinitialised_leaves(expected, stored, reinit_prefixes)
+  _raise_if_incompatible(os.path.join(directory, str(step)), {p: s for p, s in expected.items() if p not in reinit},
+                         stored, partial=True, fix=fix or _PARTIAL_FIX)
+  return reinit
+
+
+_PARTIAL_FIX = ("Pass an abstract tree without the mismatched leaves (e.g. drop the head when fine-tuning to a new "
+                "number of classes), or a checkpoint of the same model.")
+
+
+def restore_params_only(directory: str | os.PathLike, abstract_variables: dict, *,
+                        reinit_prefixes: tuple[str, ...] = ()) -> dict:
   """Reads the top-level keys of `abstract_variables` (normally params, batch_stats) from the newest
   readable checkpoint in `directory` (a training run's checkpoints or a `save_variables` directory).
 
   Only the leaves present in `abstract_variables` are read: to fine-tune with a new head, leave the head out
-  of the abstract tree and keep its fresh initialisation. Leaves need .sharding, as for Checkpointer.restore.
+  of the abstract tree and keep its fresh initialisation, or name it in `reinit_prefixes` (flat "/" paths,
+  e.g. "params/head/"): leaves there whose stored shape differs (or that are absent) are not read, and are
+  missing from the result. Every other mismatch raises. Leaves need .sharding, as for Checkpointer.restore.
   """
   directory = _normalize_directory(directory)
   if not epath.Path(directory).exists():
     raise FileNotFoundError(f"no checkpoint directory {directory} (init_from / converted weights)")
   abstract = _check_abstract(abstract_variables)
   expected = _abstract_shapes(abstract)
-  fix = ("Pass an abstract tree without the mismatched leaves (e.g. drop the head when fine-tuning to a new "
-         "number of classes), or a checkpoint of the same model.")
   # PyTreeCheckpointHandler (not Standard) because only it supports partial_restore.
   manager = _make_manager(directory, max_to_keep=None, read_only=True,
                           state_handler=ocp.PyTreeCheckpointHandler())
+  reinit_at: dict[int, dict[str, str]] = {}
   try:
     steps = manager.all_steps()
     if not steps:
@@ -392,11 +443,15 @@ def restore_params_only(directory: str | os.PathLike, abstract_variables: dict) 
       return _checkpoint_shapes(manager.item_metadata(step)[_STATE].tree)
 
     def check(step: int, stored: dict) -> None:
-      _raise_if_incompatible(os.path.join(directory, str(step)), expected, stored, partial=True, fix=fix)
+      reinit_at[step] = reinitialised_leaves(expected, stored, reinit_prefixes)
+      _raise_if_incompatible(os.path.join(directory, str(step)),
+                             {p: s for p, s in expected.items() if p not in reinit_at[step]}, stored, partial=True,
+                             fix=_PARTIAL_FIX)
 
     def load(step: int) -> dict:
-      restore_args = ocp.checkpoint_utils.construct_restore_args(abstract)
-      state_args = ocp.args.PyTreeRestore(item=abstract, restore_args=restore_args, partial_restore=True)
+      target = _without(abstract, reinit_at[step]) if reinit_at[step] else abstract
+      restore_args = ocp.checkpoint_utils.construct_restore_args(target)
+      state_args = ocp.args.PyTreeRestore(item=target, restore_args=restore_args, partial_restore=True)
       return manager.restore(step, args=ocp.args.Composite(**{_STATE: state_args}))[_STATE]
 
     step, variables, _ = _restore_newest_readable(directory, list(steps), read_shapes=read_shapes,

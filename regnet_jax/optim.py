@@ -10,7 +10,9 @@ update, so the chain below reproduces torch.optim.SGD step for step.
 from __future__ import annotations
 
 import math
+from typing import Any
 
+import jax
 import jax.numpy as jnp
 import optax
 
@@ -56,9 +58,29 @@ def make_schedule(config, steps_per_epoch: int):
   return schedule
 
 
+# The classifier: what `trainable=head` (a linear probe) updates, and what fine-tuning re-initialises.
+CLASSIFIER_PATH = ("head", "fc")
+
+
+def is_classifier(path: tuple[str, ...]) -> bool:
+  return tuple(path[:len(CLASSIFIER_PATH)]) == CLASSIFIER_PATH
+
+
+def trainable_labels(params) -> Any:
+  """"train" for the classifier's leaves, "frozen" for every other (for optax.multi_transform)."""
+  def label(path, _):
+    return "train" if is_classifier(tuple(getattr(k, "key", k) for k in path)) else "frozen"
+  return jax.tree_util.tree_map_with_path(label, params)
+
+
 def make_optimizer(config, steps_per_epoch: int) -> optax.GradientTransformation:
+  """pycls's SGD; with trainable=head only the classifier is updated (no momentum or decay for the rest)."""
   schedule = make_schedule(config, steps_per_epoch)
-  return optax.chain(
+  tx = optax.chain(
       optax.add_decayed_weights(config.weight_decay),
       optax.sgd(schedule, momentum=config.momentum or None, nesterov=config.nesterov),
   )
+  if config.get("trainable", "all") == "head":
+    # set_to_zero's updates do not depend on the gradients, so XLA drops the backbone's backward pass.
+    tx = optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()}, trainable_labels)
+  return tx

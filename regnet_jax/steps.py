@@ -37,6 +37,9 @@ class StepConfig:
   augment: str = "none"
   label_smoothing: float = 0.0
   channel_order: str = "RGB"
+  # BN in inference mode while training: running statistics normalise and are left as they are (fine-tuning
+  # with small per-device batches, and linear probes).
+  bn_frozen: bool = False
 
 
 def _to_channel_order(images, cfg: StepConfig):
@@ -87,10 +90,14 @@ def train_step(state: TrainState, batch, *, model, tx, info, cfg: StepConfig):
   labels = batch["label"]
 
   def loss_fn(params):
-    logits, new_vars = model.apply({"params": params, "batch_stats": state.batch_stats}, images, train=True,
-                                   mutable=["batch_stats"])
+    variables = {"params": params, "batch_stats": state.batch_stats}
+    if cfg.bn_frozen:
+      logits, batch_stats = model.apply(variables, images, train=False), state.batch_stats
+    else:
+      logits, new_vars = model.apply(variables, images, train=True, mutable=["batch_stats"])
+      batch_stats = new_vars["batch_stats"]
     loss = jnp.mean(cross_entropy(logits, labels, info.num_classes, cfg.label_smoothing))
-    return loss, (logits, new_vars["batch_stats"])
+    return loss, (logits, batch_stats)
 
   (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)

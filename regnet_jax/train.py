@@ -9,6 +9,7 @@ where an uninterrupted one would.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import os
 import queue
@@ -17,6 +18,7 @@ import threading
 import time
 from typing import Any, Iterator
 
+import flax
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -41,6 +43,7 @@ class RunPlan:
   num_steps: int
   eval_batch_size: int
   eval_every_steps: int
+  dataset: data_lib.DatasetSpec  # resolved once: an image folder is scanned and checked here, not every epoch
 
 
 def model_spec(config) -> Any:
@@ -57,12 +60,39 @@ def build_model(config, info):
       dtype=jnp.bfloat16 if config.half_precision else jnp.float32)
 
 
-def make_plan(config, info) -> RunPlan:
-  spe = data_lib.steps_per_epoch(config.dataset, config.batch_size, config.data_dir or None)
+def resolve_dataset(config) -> data_lib.DatasetSpec:
+  return data_lib.resolve(config.dataset, data_dir=config.data_dir or None, train_split=config.train_split,
+                          eval_split=config.eval_split, channels=config.channels,
+                          skip_bad_images=config.skip_bad_images)
+
+
+def dataset_info(config, spec: data_lib.DatasetSpec) -> data_lib.DatasetInfo:
+  """The dataset's facts, with --config.mean / --config.std in place of its default normalisation."""
+  info = data_lib.dataset_info(spec, config.data_dir or None)
+  if not config.mean:
+    return info
+  if len(config.mean) != info.channels:
+    raise ValueError(f"config.mean={tuple(config.mean)!r} / config.std={tuple(config.std)!r} give "
+                     f"{len(config.mean)} values, but {spec.name} has {info.channels}-channel images: give one per "
+                     "channel (python -m regnet_jax.data.stats computes them)")
+  return dataclasses.replace(info, mean=tuple(float(v) for v in config.mean),
+                             std=tuple(float(v) for v in config.std))
+
+
+def make_plan(config, info, spec: data_lib.DatasetSpec | None = None) -> RunPlan:
+  spec = spec if spec is not None else resolve_dataset(config)
+  spe = data_lib.TrainOrder(info.num_train, config.batch_size, seed=0).steps_per_epoch
   num_steps = config.num_train_steps if config.num_train_steps > 0 else config.num_epochs * spe
   return RunPlan(steps_per_epoch=spe, num_steps=num_steps,
                  eval_batch_size=config.eval_batch_size or config.batch_size,
-                 eval_every_steps=config.eval_every_epochs * spe)
+                 eval_every_steps=config.eval_every_epochs * spe, dataset=spec)
+
+
+def step_config(config) -> steps.StepConfig:
+  return steps.StepConfig(image_size=config.image_size, augment=config.augment,
+                          label_smoothing=config.label_smoothing, channel_order=config.channel_order,
+                          # A linear probe keeps the backbone as it was, its BN statistics included.
+                          bn_frozen=config.bn_frozen or config.trainable == "head")
 
 
 def _prefetch(iterator: Iterator[dict], mesh, depth: int = 2) -> Iterator[dict]:
@@ -127,10 +157,11 @@ class _Preemption:
 
 def evaluate(eval_step, state, config, plan: RunPlan, info, mesh) -> dict[str, float]:
   """One pass over the whole eval split; padded rows are masked, so every image counts exactly once."""
+  _, eval_crop = data_lib.host_crops_for(plan.dataset, config.augment)
   mesh_batches = data_lib.make_eval_batches(
-      config.dataset, data_dir=config.data_dir or None, global_batch_size=plan.eval_batch_size,
+      plan.dataset, data_dir=config.data_dir or None, global_batch_size=plan.eval_batch_size,
       process_index=jax.process_index(), process_count=jax.process_count(), image_size=config.image_size,
-      resize_size=config.eval_resize or None, num_workers=config.num_workers)
+      resize_size=config.eval_resize or None, eval_crop=eval_crop, num_workers=config.num_workers)
   totals = None
   for batch in _prefetch(mesh_batches, mesh):
     out = eval_step(state.params, state.batch_stats, batch)
@@ -179,26 +210,93 @@ def _checkpoint_metadata(config, plan: RunPlan, step: int) -> dict:
           "steps_per_epoch": plan.steps_per_epoch}
 
 
-def _init_from(state, directory: str):
+# Fine-tuning to another number of classes: the classifier's tensors may differ from the checkpoint's (and are
+# then re-initialised); every other tensor must match.
+_CLASSIFIER_PREFIX = "params/" + "/".join(optim.CLASSIFIER_PATH) + "/"
+CLASSES_FILE = "classes.json"
+
+
+def init_from_directory(directory: str) -> str:
+  """A training workdir names its checkpoints/ sub-folder; a checkpoints or converted-weights folder itself."""
+  nested = os.path.join(directory, "checkpoints")
+  return nested if os.path.isdir(nested) and not os.path.exists(os.path.join(directory, "0")) else directory
+
+
+def _variables_abstract(state):
   abstract = {"params": state.params, "batch_stats": state.batch_stats}
-  abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=a.sharding), abstract)
-  variables = checkpointing.restore_params_only(directory, abstract)
-  logging.info("initialised parameters and BN statistics from %s", directory)
+  return jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=a.sharding), abstract)
+
+
+def check_init_from(config, abstract_state) -> dict[str, str]:
+  """Before anything is written: does init_from fit? Returns the classifier tensors it will re-initialise."""
+  prefixes = () if config.eval_only else (_CLASSIFIER_PREFIX,)  # evaluating needs the trained head
+  fix = ("--config.init_from must hold weights of the same model as --config.model"
+         f"{'' if config.eval_only else ' (only the classifier may differ: it is then re-initialised)'}, for "
+         "images with the same number of channels (--config.channels); convert other weights with "
+         "`python -m regnet_jax.weights convert`.")
+  return checkpointing.check_params_only(init_from_directory(config.init_from), _variables_abstract(abstract_state),
+                                         reinit_prefixes=prefixes, fix=fix)
+
+
+def _init_from(state, config, reinit: dict[str, str]):
+  directory = init_from_directory(config.init_from)
+  restored = checkpointing.restore_params_only(directory, _variables_abstract(state),
+                                               reinit_prefixes=tuple(p for p in (_CLASSIFIER_PREFIX,) if reinit))
+  fresh = flax.traverse_util.flatten_dict({"params": state.params, "batch_stats": state.batch_stats}, sep="/")
+  merged = {**fresh, **flax.traverse_util.flatten_dict(restored, sep="/")}
+  if set(merged) != set(fresh):
+    raise RuntimeError(f"init_from restored unexpected tensors {sorted(set(merged) - set(fresh))[:5]}")
+  variables = flax.traverse_util.unflatten_dict(merged, sep="/")
+  if reinit:
+    logging.info("initialised from %s; the classifier was re-initialised for %d classes (%s); every other "
+                 "tensor was loaded", directory, state.params["head"]["fc"]["bias"].shape[0],
+                 "; ".join(f"{p}: {why}" for p, why in sorted(reinit.items())))
+  else:
+    logging.info("initialised parameters and BN statistics from %s", directory)
   return state.replace(params=variables["params"], batch_stats=variables["batch_stats"])
+
+
+def _check_classes(workdir: str, spec: data_lib.DatasetSpec) -> None:
+  """A run resumed on other classes would silently relabel them: the workdir remembers its class list."""
+  path = os.path.join(workdir, CLASSES_FILE)
+  if not os.path.exists(path) or not spec.classes:
+    return
+  with open(path) as f:
+    saved = json.load(f)
+  if saved.get("classes") and list(saved["classes"]) != list(spec.classes):
+    added = sorted(set(spec.classes) - set(saved["classes"]))
+    missing = sorted(set(saved["classes"]) - set(spec.classes))
+    raise ValueError(
+        f"workdir {workdir} was started on {saved.get('dataset')} with {len(saved['classes'])} classes; "
+        f"{spec.name} has {len(spec.classes)} (new: {added[:10]}, missing: {missing[:10]}"
+        f"{', same names in another order' if not added and not missing else ''}). Resuming would give its labels "
+        "other meanings: use the same data, or pass a new --workdir.")
+
+
+def _write_classes(workdir: str, spec: data_lib.DatasetSpec) -> None:
+  path = os.path.join(workdir, CLASSES_FILE)
+  if not spec.classes or os.path.exists(path) or jax.process_index() != 0:
+    return
+  tmp = f"{path}.tmp"
+  with open(tmp, "w") as f:
+    json.dump({"dataset": spec.name, "classes": list(spec.classes)}, f, indent=1)
+  os.replace(tmp, path)  # atomic: a killed run leaves the old file or the whole new one
 
 
 def prepare(config: ml_collections.ConfigDict, workdir: str):
   """Everything that can fail on bad input, done before the workdir is touched."""
   config_lib.validate(config)
-  info = data_lib.dataset_info(config.dataset, config.data_dir or None)
-  plan = make_plan(config, info)
+  spec = resolve_dataset(config)
+  info = dataset_info(config, spec)
+  plan = make_plan(config, info, spec)
   mesh = sharding.make_mesh()
   sharding.check_global_batch(config.batch_size, mesh)
   sharding.check_global_batch(plan.eval_batch_size, mesh, "eval_batch_size")
   if config.init_from and not os.path.isdir(config.init_from):
     raise FileNotFoundError(f"config.init_from={config.init_from!r} is not a directory; give the --out directory "
-                            "of `python -m regnet_jax.weights convert` or a training workdir's checkpoints")
+                            "of `python -m regnet_jax.weights convert` or a training workdir")
   _check_workdir(workdir)
+  _check_classes(workdir, spec)
   return info, plan, mesh
 
 
@@ -215,20 +313,26 @@ def _check_workdir(workdir: str) -> None:
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """Trains (or, with eval_only, evaluates) and returns the final metrics."""
   info, plan, mesh = prepare(config, workdir)
+  if config.trainable == "head":
+    logging.info("linear probe (trainable=head): only %s is updated; the backbone and its BN statistics are "
+                 "frozen", "/".join(optim.CLASSIFIER_PATH))
+  elif config.bn_frozen:
+    logging.info("bn_frozen: batch norm runs in inference mode (running statistics, not updated) while training")
   model = build_model(config, info)
   tx = optim.make_optimizer(config, plan.steps_per_epoch)
-  step_cfg = steps.StepConfig(image_size=config.image_size, augment=config.augment,
-                              label_smoothing=config.label_smoothing, channel_order=config.channel_order)
+  step_cfg = step_config(config)
   init_kwargs = dict(model=model, tx=tx, info=info, image_size=config.image_size)
   rng = jax.random.key(config.seed)
   abstract = steps.abstract_train_state(rng, mesh, **init_kwargs)
   eval_step = steps.jit_eval_step(mesh, model=model, info=info, cfg=step_cfg)
+  reinit = check_init_from(config, abstract) if config.init_from else {}
 
   try:
     os.makedirs(workdir, exist_ok=True)
   except OSError as e:  # e.g. under /proc or on a read-only filesystem, which os.access can't tell for root
     raise PermissionError(f"cannot create workdir {workdir!r} ({e.strerror}); pass a --workdir you can write to") \
         from e
+  _write_classes(workdir, plan.dataset)
   ckpt = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"), max_to_keep=config.keep_checkpoints)
   restored = None if config.eval_only else ckpt.restore(abstract)
   if restored is not None:
@@ -237,7 +341,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   else:
     state = steps.create_train_state(rng, mesh, **init_kwargs)
     if config.init_from:
-      state = _init_from(state, config.init_from)
+      state = _init_from(state, config, reinit)
     start_step = 0
 
   # Lines a killed run logged after its last checkpoint are dropped, so the log matches the restored state.
@@ -255,10 +359,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
   train_step = steps.jit_train_step(mesh, abstract, model=model, tx=tx, info=info, cfg=step_cfg)
   schedule = optim.make_schedule(config, plan.steps_per_epoch)
+  host_crop, _ = data_lib.host_crops_for(plan.dataset, config.augment)
   batches = data_lib.make_train_batches(
-      config.dataset, data_dir=config.data_dir or None, global_batch_size=config.batch_size, seed=config.seed,
+      plan.dataset, data_dir=config.data_dir or None, global_batch_size=config.batch_size, seed=config.seed,
       start_step=start_step, process_index=jax.process_index(), process_count=jax.process_count(),
-      image_size=config.image_size, num_workers=config.num_workers)
+      image_size=config.image_size, host_crop=host_crop, num_workers=config.num_workers)
   run = _Run(config, plan, info, mesh, train_step, eval_step, ckpt, writer, schedule)
   try:
     return _loop(run, state, start_step, _prefetch(batches, mesh))
