@@ -292,7 +292,7 @@ def resolve_impl(impl: str, *, k, stride, groups, cin, cout, spatial, backend=No
     # matmul was 1.1-1.9x faster than oneDNN's, yet the whole step is faster all-oneDNN; why was not isolated.
     # Only on a single device: XLA's partitioner knows nothing of the FFI call and would gather a batch-sharded
     # input onto every device (correct, but each device then convolves the global batch).
-    if jnp.dtype(dtype) in onednn.DTYPES and jax.device_count() == 1 and onednn.available():
+    if jax.device_count() == 1 and onednn.fast(dtype):  # bf16 only where the CPU has it (onednn.probe)
       return "onednn"
     # From benchmarks/conv_microbench.py on a shared 2-core CPU (f32; ratios = time / xla, same run):
     #   1x1 convs (any stride): im2col = matmul 0.12-0.6 (split/xla ~1.0).
@@ -328,6 +328,8 @@ def blocked_layout(impl: str, *, channels, group_widths=(), dtype=jnp.float32) -
   to its reference code (regnety_32gf's groups of 232 channels: minutes for one batch-2 step)."""
   if impl not in ("auto", "onednn_blocked") or any(c % onednn.BLOCK for c in (*channels, *group_widths)):
     return False
+  if impl == "auto" and not onednn.fast(dtype, blocked=True):
+    return False  # without AVX-512 oneDNN has no nChw16c kernels, only reference loops (onednn.probe)
   return resolve_impl(impl, k=3, stride=1, groups=1, cin=onednn.BLOCK, cout=onednn.BLOCK, spatial=8,
                       dtype=dtype) in ("onednn", "onednn_blocked")
 

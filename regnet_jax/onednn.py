@@ -38,6 +38,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from regnet_jax import runtime
+
 # One library: the oneDNN convolutions and the fused batch norm (regnet_jax/batchnorm_cpu.py) beside them.
 SOURCES = (Path(__file__).parent / "csrc" / "conv_onednn.cc", Path(__file__).parent / "csrc" / "batchnorm_cpu.cc")
 _TARGETS = {"fwd": "RegnetConvFwd", "bwd_data": "RegnetConvBwdData", "bwd_weights": "RegnetConvBwdWeights"}
@@ -72,21 +74,7 @@ def onednn_paths() -> tuple[Path, Path]:
 
 
 def cache_dir() -> Path:
-  root = os.environ.get("REGNET_JAX_CACHE")
-  if not root:
-    root = os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "regnet_jax")
-  return Path(root)
-
-
-def _cpu_id() -> bytes:
-  """The CPU's model and feature flags: the library is built with -march=native, so a cache shared by machines
-  with different CPUs must not hand one machine's build to another."""
-  try:
-    with open("/proc/cpuinfo") as f:
-      lines = [l for l in f if l.startswith(("model name", "flags"))]
-    return "".join(sorted(set(lines))).encode()
-  except OSError:
-    return platform.processor().encode()
+  return Path(runtime.cache_root())
 
 
 def build(*, verbose: bool = False) -> Path:
@@ -101,7 +89,7 @@ def build(*, verbose: bool = False) -> Path:
                             "(e.g. `apt-get install g++`) or set CXX, or use another conv_impl")
   jax_include = jax.ffi.include_dir()
   key = hashlib.sha256()
-  for part in (*(src.read_bytes() for src in SOURCES), _cpu_id(), str(libdir).encode(), str(include).encode(), jax_include.encode(),
+  for part in (*(src.read_bytes() for src in SOURCES), runtime.cpu_description().encode(), str(libdir).encode(), str(include).encode(), jax_include.encode(),
                jax.__version__.encode(), cxx.encode()):
     key.update(part)
   out = cache_dir() / f"onednn-{key.hexdigest()[:16]}" / "libregnet_onednn.so"
@@ -138,7 +126,37 @@ def _load() -> tuple[ctypes.CDLL | None, str | None]:
   for symbol in (*_TARGETS.values(), *BN_TARGETS):
     jax.ffi.register_ffi_target(_FFI_PREFIX + symbol, jax.ffi.pycapsule(getattr(lib, symbol)), platform="cpu")
   lib.RegnetOnednnVersion.restype = ctypes.c_char_p
+  lib.RegnetOnednnProbe.argtypes = [ctypes.c_int, ctypes.c_int]
   return lib, None
+
+
+NO_KERNELS, REFERENCE_ONLY, OPTIMISED = 0, 1, 2  # what `probe` returns (see RegnetOnednnProbe)
+
+
+@functools.cache
+def probe(dtype, blocked: bool = False) -> int:
+  """What this CPU's oneDNN has for convolutions of `dtype` in NHWC (or, blocked, nChw16c): NO_KERNELS (also
+  without the extension), REFERENCE_ONLY for some RegNet layers, or OPTIMISED throughout.
+
+  float32 NHWC is OPTIMISED on any x86-64 with AVX2. bfloat16 needs AVX-512 (or AVX2-VNNI-2): elsewhere oneDNN
+  creates no primitive, so this must be known before a call is traced, not when XLA runs it. nChw16c has optimised
+  kernels only with AVX-512 (AVX2's block 8 channels): elsewhere oneDNN runs reference loops, ~100x slower.
+  """
+  lib, _ = _load()
+  dtype = jnp.dtype(dtype)
+  if lib is None or dtype not in DTYPES:
+    return NO_KERNELS
+  return lib.RegnetOnednnProbe(DTYPES.index(dtype), int(blocked))
+
+
+def supports(dtype) -> bool:
+  """Whether conv_impl="onednn" runs convolutions of this dtype here at all."""
+  return available() and probe(dtype) != NO_KERNELS
+
+
+def fast(dtype, blocked: bool = False) -> bool:
+  """Whether oneDNN has optimised kernels for this dtype and layout here: what conv_impl="auto" requires."""
+  return available() and probe(dtype, blocked) == OPTIMISED
 
 
 def available() -> bool:
@@ -216,8 +234,8 @@ def conv2d(x, kernel, stride: int, groups: int, *, blocked: bool = False):
   "Performance"); batch_norm_act in regnet_jax.batchnorm_cpu reads and writes that layout, so a network keeps it
   between a BN and the grouped conv after it at no cost. Channels must be multiples of 16.
 
-  Reverse-mode differentiable (first order). Raises OneDnnUnavailable where the extension cannot be had and
-  ValueError for dtypes other than float32 / bfloat16 or mixed dtypes.
+  Reverse-mode differentiable (first order). Raises OneDnnUnavailable where the extension cannot be had or
+  this CPU's oneDNN lacks the dtype (`supports`), and ValueError for dtypes other than float32 / bfloat16 or mixed dtypes.
   """
   lib, why = _load()
   if lib is None:
@@ -225,6 +243,10 @@ def conv2d(x, kernel, stride: int, groups: int, *, blocked: bool = False):
   if jnp.dtype(x.dtype) not in DTYPES or x.dtype != kernel.dtype:
     raise ValueError(f'conv_impl="onednn" takes float32 or bfloat16 inputs of one dtype, got x {x.dtype} and '
                      f'kernel {kernel.dtype}; use conv_impl="auto" for other dtypes')
+  if probe(x.dtype, blocked) == NO_KERNELS:
+    raise OneDnnUnavailable(f'conv_impl="onednn" has no {jnp.dtype(x.dtype).name} convolutions on this CPU (oneDNN '
+                            f'runs bfloat16 only with AVX-512 or AVX2-VNNI-2); use conv_impl="auto", which picks '
+                            f'XLA\'s convolutions for it here, or float32')
   cin = x.shape[1] * x.shape[4] if blocked else x.shape[-1]
   if blocked and (x.ndim != 5 or x.shape[4] != BLOCK or kernel.shape[-1] % BLOCK):
     raise ValueError(f"blocked conv: x must be (N, C // {BLOCK}, H, W, {BLOCK}) and Cout a multiple of {BLOCK}, "

@@ -90,3 +90,25 @@ def reexec_with_malloc_tunables() -> None:
   sys.stdout.flush()
   sys.stderr.flush()
   os.execve(sys.executable, [sys.executable] + sys.orig_argv[1:], env)
+
+
+def cache_root() -> str:
+  """The directory regnet_jax caches in (the oneDNN extension, the sweeps' XLA compilation cache):
+  $REGNET_JAX_CACHE, else $XDG_CACHE_HOME/regnet_jax, else ~/.cache/regnet_jax."""
+  root = os.environ.get("REGNET_JAX_CACHE")
+  if not root:
+    root = os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "regnet_jax")
+  return root
+
+
+def cpu_description() -> str:
+  """Machine, CPU model and instruction-set flags. Native code (the oneDNN extension's -march=native, XLA:CPU's
+  compiled programs) is built for the host's CPU, so a cache shared by unlike hosts (a shared $HOME) must be keyed
+  by this."""
+  try:
+    with open("/proc/cpuinfo") as f:
+      lines = [line for line in f if line.startswith(("model name", "flags", "Features", "CPU part"))]
+    return platform.machine() + "".join(sorted(set(lines)))
+  except OSError:
+    return platform.machine() + platform.processor()
+

@@ -23,6 +23,7 @@ def test_bench_reports_the_step():
   assert r["peak_rss_mb"] > 100
 
 
+@pytest.mark.slow  # CI runs it (.ci/run: -m slow); the default suite stays near 10 minutes
 def test_bench_cli_json_and_errors():
   out = subprocess.run([sys.executable, "-m", "regnet_jax.bench", "--model=regnety32", "--batch-size=4",
                         "--image-size=32", "--channels=1", "--num-classes=10", "--mode=eval", "--steps=1",

@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from regnet_jax import anynet, batchnorm_cpu, layers, onednn, zoo
+from regnet_jax import anynet, batchnorm_cpu, convs, layers, onednn, zoo
 from regnet_jax.specs import AnyNetSpec, StageSpec
 
 pytestmark = pytest.mark.skipif(not (sys.platform == "linux" and platform.machine() == "x86_64"),
@@ -101,12 +101,29 @@ def _spec(name):
   return zoo.get_spec(name)
 
 
+# auto takes the blocked layout only where oneDNN has optimised nChw16c kernels (AVX-512; onednn.probe).
+AUTO_BLOCKS = onednn.probe(jnp.float32, blocked=True) == onednn.OPTIMISED
+
+
+def test_auto_keeps_nhwc_where_onednn_has_only_reference_blocked_kernels(monkeypatch):
+  """As on an AVX2-only CPU: there nChw16c convolutions are oneDNN's reference loops (~100x slower)."""
+  real = onednn.probe
+  monkeypatch.setattr(onednn, "probe", lambda dtype, blocked=False: (
+      onednn.REFERENCE_ONLY if blocked else real(dtype, blocked)))
+  kw = dict(train=True, conv_impl="auto", bn_impl="auto", dtype=jnp.float32)
+  assert not layers.network_blocked(_spec("regnetx32"), **kw)
+  assert layers.network_blocked(_spec("regnetx32"), **{**kw, "conv_impl": "onednn_blocked"})  # asked for: kept
+  assert convs.resolve_impl("auto", k=3, stride=2, groups=2, cin=32, cout=32, spatial=48) == "onednn"  # NHWC
+
+
 def test_network_blocked_only_where_it_applies():
   kw = dict(train=True, conv_impl="auto", bn_impl="auto", dtype=jnp.float32)
+  if not AUTO_BLOCKS:
+    kw["conv_impl"] = "onednn_blocked"  # this CPU: auto stays NHWC (the test above); the rules below still hold
   assert layers.network_blocked(_spec("regnetx32"), **kw)
   assert layers.network_blocked(_spec("regnety32"), **kw)
   assert layers.network_blocked(_spec("regnetx32"), **{**kw, "conv_impl": "onednn_blocked"})
-  assert not layers.network_blocked(_spec("regnetx32"), **{**kw, "dtype": jnp.bfloat16})  # auto: f32 only
+  assert not layers.network_blocked(_spec("regnetx32"), **{**kw, "conv_impl": "auto", "dtype": jnp.bfloat16})
   assert layers.network_blocked(_spec("regnetx32"), **{**kw, "dtype": jnp.bfloat16, "conv_impl": "onednn_blocked"})
   assert not layers.network_blocked(_spec("regnetx32"), **{**kw, "train": False})  # eval: XLA's affine BN
   assert not layers.network_blocked(_spec("regnetx32"), **{**kw, "conv_impl": "onednn"})  # NHWC asked for
@@ -128,7 +145,7 @@ def test_block_blocks_its_grouped_conv_only_for_whole_blocks_per_group(group_w, 
   x = jnp.zeros((2, 16, 16, 1))
   variables = net.init(jax.random.key(0), x)
   jaxpr = str(jax.make_jaxpr(lambda v: net.apply(v, x, train=True, mutable=["batch_stats"]))(variables))
-  assert ("f32[2,3,4,4,16]" in jaxpr) == blocked
+  assert ("f32[2,3,4,4,16]" in jaxpr) == (blocked and AUTO_BLOCKS)
 
 
 def _train_outputs(spec, impl, x, *, scan_blocks=False, bn_groups=1, dtype=jnp.float32, variables=None):
@@ -165,6 +182,9 @@ def test_model_trains_the_same_on_either_layout(spec, scan_blocks, bn_groups):
     np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-5 * float(np.max(np.abs(w))) + 1e-7)
 
 
+@pytest.mark.skipif(not onednn.supports(jnp.bfloat16), reason="this CPU's oneDNN has no bfloat16 convolutions "
+                    "(needs AVX-512 or AVX2-VNNI-2); tests/test_convs.py checks the error it gives")
+@pytest.mark.slow  # CI runs it (.ci/run: -m slow); the default suite stays near 10 minutes
 def test_model_bf16_on_the_blocked_layout_is_close():
   x = jax.random.normal(jax.random.key(0), (4, 32, 32, 1))
   spec = _spec("regnety32")

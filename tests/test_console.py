@@ -29,9 +29,11 @@ def test_own_info_only(level, path, shown):
 
 
 def test_show_own_info_installs_the_filter_once_and_respects_explicit_verbosity():
+  # Global state, all restored at the end: later tests (caplog at INFO) must find absl as this one found it.
+  was_parsed, absl_level = flags.FLAGS.is_parsed(), logging.get_absl_logger().level
   flags.FLAGS.mark_as_parsed()
   handler = logging.get_absl_handler()
-  saved_filters, saved_level = list(handler.filters), logging.get_verbosity()
+  saved_filters = list(handler.filters)
   try:
     console.show_own_info()
     console.show_own_info()
@@ -48,4 +50,6 @@ def test_show_own_info_installs_the_filter_once_and_respects_explicit_verbosity(
       handler.removeFilter(f)
     for f in saved_filters:
       handler.addFilter(f)
-    logging.set_verbosity(saved_level)
+    if not was_parsed:
+      flags.FLAGS.unparse_flags()
+    logging.get_absl_logger().setLevel(absl_level)

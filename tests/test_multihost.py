@@ -154,7 +154,11 @@ def test_2_processes_x_2_devices_train_like_1_process_x_4_devices(straight_runs,
       # They are what would expose a wrong cross-process gradient sum, which moves the parameters by ~lr only.
       scale = max(float(np.abs(a[k]).max()), 1e-30)
       np.testing.assert_allclose(b[k] / scale, a[k] / scale, rtol=0, atol=TOL, err_msg=k)
-    else:  # parameters and BN running statistics (which are global-batch statistics: sync BN over processes)
+    elif "batch_stats" in k:
+      # Running statistics of global-batch (synced) BN: E[x^2] - E[x]^2 summed over devices in another order per
+      # layout, so 2e-5 relative is seen on some CPUs (oneDNN with AVX2 kernels); an unsynced BN would be ~1e-2 off.
+      np.testing.assert_allclose(b[k], a[k], rtol=10 * TOL, atol=TOL, err_msg=k)
+    else:  # parameters
       np.testing.assert_allclose(b[k], a[k], rtol=TOL, atol=TOL, err_msg=k)
 
 
@@ -175,6 +179,7 @@ def _pids_of(marker, process_id):
   return found
 
 
+@pytest.mark.slow  # CI runs it (.ci/run: -m slow); the default suite stays near 10 minutes
 @pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="finds the processes through /proc")
 def test_sigterm_to_one_process_checkpoints_all_at_the_same_step_and_rerun_completes(
     tmp_path, straight_runs, data_dir, env):

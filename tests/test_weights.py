@@ -388,6 +388,7 @@ def test_pycls_layout_converts_to_equal_logits(tmp_path):
   _assert_trees_equal(restored, W.from_torch_state_dict(pycls_state, name, "pycls"))
 
 
+@pytest.mark.slow  # CI runs it (.ci/run: -m slow); the default suite stays near 10 minutes
 def test_all_name_map_pairs_have_equal_shapes():
   """Every torchvision / timm model the name maps list fills its zoo model exactly (shapes only; the logits of
   every pair are checked by scripts/check_all_weights.py)."""
