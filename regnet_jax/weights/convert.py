@@ -3,8 +3,9 @@
 `from_torch_state_dict` is strict both ways: every tensor of the state dict is used and every Flax variable is
 filled. Anything else raises `WeightConversionError` listing the missing keys, the unexpected keys and the
 wrong shapes (with the expected shapes), plus a hint when the keys look like another source's or the shapes like
-another zoo model's. torch is never imported here: values may be numpy arrays or torch tensors (converted through
-their own `.numpy()`).
+another zoo model's. With `features_only=True` (for `anynet.build_model(..., features_only=True)`) the head's
+tensors are ignored, and that is logged once; the rest stays as strict. torch is never imported here: values may
+be numpy arrays or torch tensors (converted through their own `.numpy()`).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import functools
 from collections.abc import Mapping
 from typing import Any
 
+from absl import logging
 import numpy as np
 
 from regnet_jax import zoo
@@ -43,14 +45,18 @@ def _resolve(model: str | AnyNetSpec) -> tuple[AnyNetSpec, str]:
 
 
 @functools.lru_cache(maxsize=64)
-def abstract_variables(spec: AnyNetSpec, num_classes: int = 1000, in_channels: int = 3) -> dict:
-  """Shapes and dtypes of the model's {'params', 'batch_stats'} (jax.ShapeDtypeStruct leaves, no compute)."""
+def abstract_variables(spec: AnyNetSpec, num_classes: int = 1000, in_channels: int = 3, *,
+                       features_only: bool = False) -> dict:
+  """Shapes and dtypes of the model's {'params', 'batch_stats'} (jax.ShapeDtypeStruct leaves, no compute).
+
+  features_only: the backbone's (no head; the same for every out_indices, see anynet).
+  """
   import jax
   import jax.numpy as jnp
 
   from regnet_jax import anynet
 
-  net = anynet.build_model(spec, num_classes=num_classes, conv_impl="xla")
+  net = anynet.build_model(spec, num_classes=num_classes, conv_impl="xla", features_only=features_only)
   x = jax.ShapeDtypeStruct((1, _INIT_IMAGE_SIZE, _INIT_IMAGE_SIZE, in_channels), jnp.float32)
   variables = jax.eval_shape(lambda x: net.init(jax.random.key(0), x, train=False), x)
   return {k: variables[k] for k in ("params", "batch_stats")}
@@ -194,9 +200,15 @@ def _listing(title: str, lines: list[str]) -> str:
   return f"\n  {title} ({len(lines)}):\n    " + "\n    ".join(lines[:_MAX_LISTED]) + more
 
 
+def _head_keys(expected: Mapping[str, tuple]) -> set[str]:
+  """The torch keys of the head's variables, with the BN step counters of its optional conv's BN."""
+  keys = {k for k, (_, path, _) in expected.items() if path[0] == "head"}
+  return keys | {k.rsplit(".", 1)[0] + "." + BN_EXTRA_BUFFER for k in keys if k.endswith(".running_mean")}
+
+
 def from_torch_state_dict(state_dict: Mapping[str, Any], model: str | AnyNetSpec, source: str, *,
                           rgb_input: bool = False, num_classes: int | None = None,
-                          dtype: Any = np.float32) -> dict:
+                          dtype: Any = np.float32, features_only: bool = False) -> dict:
   """Flax variables {'params', 'batch_stats'} of `model` from a PyTorch RegNet state dict.
 
   Args:
@@ -209,6 +221,9 @@ def from_torch_state_dict(state_dict: Mapping[str, Any], model: str | AnyNetSpec
       torchvision and timm weights already take RGB.
     num_classes: defaults to the head's output size in the state dict.
     dtype: dtype of the returned arrays.
+    features_only: variables for the backbone (`anynet.build_model(spec, features_only=True)`): no head. The
+      state dict's head tensors (any number of classes, or none at all) are ignored, which is logged once;
+      every other tensor is as strictly checked as without it.
 
   Returns numpy arrays in the unrolled `sI_bJ` layout (use `anynet.stack_block_params` for `scan_blocks`), ready
   for `model.apply(variables, images_nhwc, train=False)` with
@@ -221,6 +236,11 @@ def from_torch_state_dict(state_dict: Mapping[str, Any], model: str | AnyNetSpec
   inferred_classes, in_channels = _infer_classes_channels(state_dict, source)
   num_classes = inferred_classes if num_classes is None else num_classes
   expected = expected_keys(spec, source, num_classes=num_classes, in_channels=in_channels)
+  ignored: set[str] = set()
+  if features_only:
+    head = _head_keys(expected)
+    expected = {k: v for k, v in expected.items() if k not in head}
+    ignored = head & set(state_dict)  # whatever their shapes: the head is not converted
 
   missing, wrong_shape, flat = [], [], {}
   for key, (collection, path, shape) in expected.items():
@@ -233,7 +253,8 @@ def from_torch_state_dict(state_dict: Mapping[str, Any], model: str | AnyNetSpec
       continue
     flat[(collection,) + path] = _to_flax_layout(to_numpy(state_dict[key])).astype(dtype)
   bn_buffers = {k.rsplit(".", 1)[0] + "." + BN_EXTRA_BUFFER for k in expected if k.endswith(".running_mean")}
-  unexpected = [(k, _shape(v)) for k, v in state_dict.items() if k not in expected and k not in bn_buffers]
+  unexpected = [(k, _shape(v)) for k, v in state_dict.items()
+                if k not in expected and k not in bn_buffers and k not in ignored]
 
   if missing or unexpected or wrong_shape:
     lines = (_listing("missing", [f"{k} (expected shape {s})" for k, s in missing])
@@ -247,12 +268,16 @@ def from_torch_state_dict(state_dict: Mapping[str, Any], model: str | AnyNetSpec
       others = [n for n in matching_models(state_dict, source) if n != model_name]
       if others:
         hints.append(f"the keys and shapes match zoo model(s) {', '.join(others)}")
+    target = "features_only" if features_only else f"num_classes={num_classes}"
     raise WeightConversionError(
-        f"{source} state dict does not match {model_name} (num_classes={num_classes}): {len(missing)} missing, "
+        f"{source} state dict does not match {model_name} ({target}): {len(missing)} missing, "
         f"{len(unexpected)} unexpected, {len(wrong_shape)} wrong shape{lines}"
         + "".join(f"\n  hint: {h}" for h in hints),
         missing=missing, unexpected=unexpected, wrong_shape=wrong_shape)
 
+  if ignored:
+    logging.info("features_only: ignored the %d head tensors of the %s state dict for %s (%s)", len(ignored), source,
+                 model_name, ", ".join(sorted(ignored)))
   if rgb_input:
     stem = ("params", "stem", "conv", "kernel")
     flat[stem] = np.ascontiguousarray(flat[stem][:, :, ::-1, :])

@@ -1,4 +1,4 @@
-"""Reading PyTorch checkpoint files and writing converted variables as a regnet_jax checkpoint.
+"""Reading PyTorch checkpoint files, writing converted variables as a regnet_jax checkpoint, reading them back.
 
 torch is imported only to read pickled .pth/.pyth/.pt files (never for .safetensors or .npz), so it stays an
 optional tool, not a dependency.
@@ -11,10 +11,12 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
+from absl import logging
 import numpy as np
 
+from regnet_jax.specs import AnyNetSpec
 from regnet_jax.weights import preprocessing as preprocessing_lib
-from regnet_jax.weights.convert import from_torch_state_dict, to_numpy
+from regnet_jax.weights.convert import _resolve, abstract_variables, from_torch_state_dict, to_numpy
 
 TORCH_SUFFIXES = (".pth", ".pyth", ".pt", ".bin", ".ckpt")
 # Keys under which training checkpoints keep the model's state dict: pycls, torch/Lightning convention, timm.
@@ -126,3 +128,30 @@ def convert_checkpoint(*, source: str, model: str, checkpoint: str | os.PathLike
   }
   checkpointing.save_variables(out, variables, metadata=metadata)
   return metadata
+
+
+def restore_variables(directory: str | os.PathLike, model: str | AnyNetSpec, *, features_only: bool = False,
+                      num_classes: int = 1000, in_channels: int = 3, sharding: Any = None) -> dict:
+  """{'params', 'batch_stats'} of `model` from a regnet_jax checkpoint directory: the `out` of
+  `convert_checkpoint` (or `python -m regnet_jax.weights convert`), or a training run's checkpoints.
+
+  features_only: for `anynet.build_model(spec, features_only=True)`: the classifier head's variables (of any
+  num_classes) are not read, which is logged once; every other variable must be there with its shape.
+  sharding: a jax Sharding for every array (default: the first device).
+  """
+  import jax  # pylint: disable=import-outside-toplevel  # the converter core stays jax-free at import
+  from regnet_jax import checkpointing  # orbax, as in convert_checkpoint
+
+  spec, name = _resolve(model)
+  abstract = abstract_variables(spec, num_classes, in_channels, features_only=features_only)
+  sharding = sharding if sharding is not None else jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sharding), abstract)
+  # Partial restore: the leaves the abstract tree lacks (the head when features_only) are never read.
+  variables = checkpointing.restore_params_only(directory, abstract)
+  if features_only:
+    full = abstract_variables(spec, num_classes, in_channels)
+    head = [f"{c}/head/{jax.tree_util.keystr(path, simple=True, separator='/')}" for c in ("params", "batch_stats")
+            for path, _ in jax.tree_util.tree_leaves_with_path(full[c].get("head", {}))]
+    logging.info("features_only: the %d head variables of %s in %s are not read (%s)", len(head), name,
+                 os.fspath(directory), ", ".join(head))
+  return variables
