@@ -10,6 +10,7 @@ A sweep config (ml_collections, see configs/sweeps/) holds:
 
 Trial i (global index, spaces in config order) belongs to shard i % N. Reruns skip trials already recorded, so a
 crashed or preempted sweep resumes where it stopped, and shards in separate directories merge by reading them all.
+How each trial is trained (in this process or in a child per trial) is the TrainFn's business: see trials.py.
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ from regnet_jax.sweep.spaces import space_from_dict
 from regnet_jax.specs_io import regnet_to_dict, spec_to_dict, spec_to_json
 
 TrainFn = Callable[[Any, str], Mapping[str, Any]]
+FAILURES_FILE = "failures.jsonl"  # one line per failed attempt (on_error="skip"); never read back by the runner
+ON_ERROR = ("stop", "skip")
 
 
 class SweepError(ValueError):
@@ -114,6 +117,10 @@ def make_record(config, trial: Trial, metrics: Mapping[str, Any], seconds: float
       "sweep": config.name, "trial": trial.trial_id, "index": trial.index, "space": s.space,
       "spec": spec_to_dict(s.spec), "regnet": regnet_to_dict(s.regnet) if s.regnet is not None else None,
       "flops": s.flops, "params": s.params, "acts": s.acts,
+      # What makes the trial reproducible besides the spec: the sampling seed, the training seed and budget.
+      "seed": int(config.seed), "train_seed": int(config.train.get("seed", 0)),
+      "train_steps": int(metrics.get("step", config.train.get("num_train_steps", -1))),
+      "batch_size": int(config.train.get("batch_size", 0)),
       "final_error": error_percent(final), "best_error": error_percent(best),
       "seconds": round(seconds, 3), "metrics": scalars, "host": socket.gethostname(), "finished_at": time.time(),
   }
@@ -125,13 +132,17 @@ def finished_trials(config, workdir: str) -> dict[str, dict[str, Any]]:
 
 
 def run_sweep(config, workdir: str, train_fn: TrainFn, shard: Shard = Shard(),
-              log: Callable[[str], None] = logging.info) -> list[dict[str, Any]]:
+              log: Callable[[str], None] = logging.info, on_error: str = "stop") -> list[dict[str, Any]]:
   """Train this shard's unfinished trials in order; returns the records written by this call.
 
   `train_fn(train_config, trial_workdir) -> metrics` must return `eval_accuracy` (and ideally `best_eval_accuracy`);
-  the CLI passes `regnet_jax.train.train_and_evaluate`. A trial the trainer reports as preempted is not recorded:
-  the sweep stops there, and the next run resumes that trial from its checkpoint.
+  the CLI passes `regnet_jax.train.train_and_evaluate` or a trials.SubprocessTrainer. A trial the trainer reports
+  as preempted is not recorded: the sweep stops there, and the next run resumes that trial from its checkpoint.
+  on_error="stop" lets a trial's exception end the sweep; "skip" logs it to failures.jsonl, goes on with the next
+  trial and raises SweepError at the end naming the failed ones (unrecorded: the next run retries them).
   """
+  if on_error not in ON_ERROR:
+    raise SweepError(f"on_error={on_error!r} must be one of {', '.join(ON_ERROR)}")
   trials = plan_trials(config)
   done = finished_trials(config, workdir)
   mine = [t for t in trials if shard.owns(t.index)]
@@ -143,16 +154,31 @@ def run_sweep(config, workdir: str, train_fn: TrainFn, shard: Shard = Shard(),
   todo = [t for t in mine if t.trial_id not in done]
   log(f"sweep {config.name}: {len(trials)} trials, shard {shard.index}/{shard.count} owns {len(mine)}, "
       f"{len(mine) - len(todo)} already finished, {len(todo)} to run")
-  written = []
+  written, failed = [], []
   for n, t in enumerate(todo, start=1):
     start = time.perf_counter()
-    metrics = train_fn(trial_train_config(config.train, t.sample), os.path.join(workdir, "trials", t.trial_id))
+    try:
+      metrics = train_fn(trial_train_config(config.train, t.sample), os.path.join(workdir, "trials", t.trial_id))
+    except Exception as e:  # noqa: BLE001 (KeyboardInterrupt and SystemExit still end the sweep)
+      if on_error == "stop":
+        raise
+      failed.append(t.trial_id)
+      append_record(os.path.join(workdir, FAILURES_FILE), {
+          "sweep": config.name, "trial": t.trial_id, "index": t.index, "error": f"{type(e).__name__}: {e}",
+          "host": socket.gethostname(), "failed_at": time.time()})
+      log(f"[{n}/{len(todo)}] {t.trial_id} FAILED ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
+          "; going on with the next trial")
+      continue
     if metrics.get("preempted"):
       log(f"{t.trial_id} was preempted at step {metrics.get('step')}; rerun the same command to resume it")
-      break
+      return written  # failures so far are retried by that rerun too
     record = make_record(config, t, metrics, time.perf_counter() - start)
     append_record(results_path(workdir), record)
     written.append(record)
     log(f"[{n}/{len(todo)}] {t.trial_id}: best error {record['best_error']:.2f}%, final "
         f"{record['final_error']:.2f}%, {record['flops'] / 1e6:.1f} MF, {record['seconds']:.0f} s")
+  if failed:
+    raise SweepError(f"{len(failed)} trial(s) failed and were not recorded: {', '.join(failed)} (errors in "
+                     f"{os.path.join(workdir, FAILURES_FILE)}, logs in their trial directories); rerun the same "
+                     "command to retry them")
   return written

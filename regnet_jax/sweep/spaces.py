@@ -1,4 +1,4 @@
-"""Design spaces as data: AnyNetX_A..E, RegNet (paper sections 3.1-3.3), the d2l exercise's VioNet, custom spaces.
+"""Design spaces as data: AnyNetX_A..E, RegNet (paper sections 3.1-3.3), the d2l exercises, custom spaces.
 
 A space is a frozen dataclass holding its ranges and restrictions. `draw(rng)` returns one candidate (or None when
 the draw breaks a restriction and must be rejected); `violations(candidate)` lists every restriction a candidate
@@ -10,6 +10,12 @@ and g_i in {1, 2, ..., 32}") and pycls's `regnet_sampler` for RegNet (d uniform,
 to 8 / 0.1 / 0.001; b, g "as before"). Ordered spaces (D, E, VioNet) sort their independent draws, which has the
 same distribution as rejecting unordered draws. Group widths are made compatible with the bottleneck width as pycls
 does (`regnet.adjust_block_compatibility`), which can clip g to the bottleneck width of a narrow stage.
+
+The d2l exercises (RegNet chapter): VioNet_d / _w / _g / _b each break exactly one principle of AnyNetX_E (depths
+or widths shrink from stage to stage, group widths or bottleneck ratios differ between stages), so a sweep of the
+four next to AnyNetX_E measures which principle matters most; VioNet breaks both orderings. AnyNet_E_basic and
+RegNet_basic "de-ResNeXt-ify" AnyNetX_E and RegNet: basic residual blocks (two full 3x3 convs) instead of X blocks,
+so b and g do not exist (both fixed to 1).
 """
 
 from __future__ import annotations
@@ -22,7 +28,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from regnet_jax.regnet import adjust_block_compatibility, generate_regnet, regnet_to_anynet
-from regnet_jax.specs import AnyNetSpec, RegNetSpec, StageSpec
+from regnet_jax.specs import BLOCK_TYPES, AnyNetSpec, RegNetSpec, StageSpec
 from regnet_jax.sweep import rand
 
 ORDERS = ("any", "nondecreasing", "decreasing")
@@ -46,8 +52,10 @@ class Candidate:
 class AnyNetSpace:
   """`num_stages` stages of X blocks (residual bottleneck with group conv); per-stage d_i, w_i, b_i, g_i.
 
-  `bottleneck_ratios` are b (bot_mul = 1/b). `shared_*` ties a parameter across stages (spaces B, C);
-  `width_order` / `depth_order` restrict the stage-to-stage order (D, E: 'nondecreasing'; VioNet: 'decreasing').
+  `bottleneck_ratios` are b (bot_mul = 1/b). `shared_*` ties a parameter across stages (spaces B, C); `vary_*`
+  is its opposite, at least two stages differ (VioNet_b, VioNet_g); `width_order` / `depth_order` restrict the
+  stage-to-stage order (D, E: 'nondecreasing'; VioNet: 'decreasing', i.e. strictly). `block_type` 'basic' or
+  'vanilla' (specs.BLOCK_TYPES) has no bottleneck and no groups: it needs bottleneck_ratios=(1,), group_widths=(1,).
   """
 
   kind: ClassVar[str] = "anynet"
@@ -61,16 +69,20 @@ class AnyNetSpace:
   group_widths: tuple[int, ...] = PAPER_GROUP_WIDTHS
   shared_bottleneck: bool = False
   shared_group_width: bool = False
+  vary_bottleneck: bool = False
+  vary_group_width: bool = False
   width_order: str = "any"
   depth_order: str = "any"
   stride: int = 2
   stem_type: str = "simple"
   stem_w: int = 32
   se_ratio: float = 0.0
+  block_type: str = "bottleneck"
   description: str = ""
 
   def __post_init__(self):
     _normalise_tuples(self)
+    _check_block_type(self)
     _check_range(self, "depth_range", self.depth_range, 1)
     _check_range(self, "width_range", self.width_range, self.width_quant)
     if self.width_range[0] % self.width_quant or self.width_range[1] % self.width_quant:
@@ -83,6 +95,10 @@ class AnyNetSpace:
     for field in ("width_order", "depth_order"):
       if getattr(self, field) not in ORDERS:
         raise SpaceError(f"{self.name}: {field}={getattr(self, field)!r} must be one of {ORDERS}")
+    for what, values in (("bottleneck", self.bottleneck_ratios), ("group_width", self.group_widths)):
+      if getattr(self, f"vary_{what}") and (getattr(self, f"shared_{what}") or len(values) < 2):
+        raise SpaceError(f"{self.name}: vary_{what}=True needs shared_{what}=False and at least two values to "
+                         f"vary between (got {values}); drop one of the two settings")
 
   def draw(self, rng: np.random.Generator) -> Candidate | None:
     n = self.num_stages
@@ -96,7 +112,7 @@ class AnyNetSpace:
     stages = tuple(StageSpec(depth=d, width=w, stride=self.stride, bot_mul=b, group_w=g)
                    for d, w, b, g in zip(depths, widths, bot_muls, gs))
     candidate = Candidate(AnyNetSpec(stages=stages, stem_type=self.stem_type, stem_w=self.stem_w,
-                                     block_type="bottleneck", se_ratio=self.se_ratio))
+                                     block_type=self.block_type, se_ratio=self.se_ratio))
     return None if self.violations(candidate) else candidate
 
   def violations(self, candidate: Candidate) -> list[str]:
@@ -124,10 +140,14 @@ class AnyNetSpace:
       out.append(f"bottleneck ratios {spec.bot_muls} not shared")
     if self.shared_group_width and len(set(spec.group_ws)) > 1:
       out.append(f"group widths {spec.group_ws} not shared")
+    if self.vary_bottleneck and len(set(spec.bot_muls)) == 1:
+      out.append(f"bottleneck ratios {spec.bot_muls} do not vary between stages")
+    if self.vary_group_width and len(set(spec.group_ws)) == 1:
+      out.append(f"group widths {spec.group_ws} do not vary between stages")
     out += _order_violations("widths", spec.widths, self.width_order)
     out += _order_violations("depths", spec.depths, self.depth_order)
     if (spec.stem_type, spec.stem_w, spec.block_type, spec.se_ratio) != (
-        self.stem_type, self.stem_w, "bottleneck", self.se_ratio):
+        self.stem_type, self.stem_w, self.block_type, self.se_ratio):
       out.append("stem, block type or se_ratio differ from the space's")
     return out
 
@@ -155,6 +175,7 @@ class RegNetSpace:
   stem_type: str = "simple"
   stem_w: int = 32
   se_ratio: float = 0.0
+  block_type: str = "bottleneck"
   description: str = ""
 
   W0_QUANT: ClassVar[int] = 8
@@ -163,6 +184,7 @@ class RegNetSpace:
 
   def __post_init__(self):
     _normalise_tuples(self)
+    _check_block_type(self)
     _check_range(self, "depth_range", self.depth_range, 1)
     _check_range(self, "w0_range", self.w0_range, self.W0_QUANT)
     _check_range(self, "wa_range", self.wa_range, self.WA_QUANT)
@@ -182,7 +204,7 @@ class RegNetSpace:
         bot_mul=1.0 / rand.choice(rng, self.bottleneck_ratios),
         group_w=rand.choice(rng, self.group_widths),
         se_ratio=self.se_ratio, stride=self.stride, stem_type=self.stem_type, stem_w=self.stem_w,
-        quant=self.quant)
+        block_type=self.block_type, quant=self.quant)
     if not self._stages_ok(params):
       return None
     return Candidate(regnet_to_anynet(params), params)
@@ -204,6 +226,8 @@ class RegNetSpace:
       out.append(f"bot_mul={p.bot_mul} not 1/b for b in {self.bottleneck_ratios}")
     if p.group_w not in self.group_widths:
       out.append(f"group_w={p.group_w} not in {self.group_widths}")
+    if p.block_type != self.block_type:
+      out.append(f"block_type={p.block_type!r}, space has {self.block_type!r}")
     if not self._stages_ok(p):
       out.append(f"stage count outside {self.num_stages_range} or a skipped quantisation level")
     if regnet_to_anynet(p) != candidate.spec:
@@ -247,6 +271,17 @@ def _check_range(space, field, value, minimum):
     raise SpaceError(f"{space.name}: {field}={value!r} must be a (low, high) pair with {minimum} <= low <= high")
 
 
+def _check_block_type(space):
+  if space.block_type not in BLOCK_TYPES:
+    raise SpaceError(f"{space.name}: block_type={space.block_type!r} must be one of {BLOCK_TYPES}")
+  if space.block_type != "bottleneck" and (tuple(space.bottleneck_ratios) != (1,)
+                                            or tuple(space.group_widths) != (1,) or space.se_ratio):
+    # Basic and vanilla blocks ignore b and g: sampling them would train identical models under distinct specs.
+    raise SpaceError(f"{space.name}: block_type={space.block_type!r} has no bottleneck, groups or SE; set "
+                     f"bottleneck_ratios=(1,), group_widths=(1,) and se_ratio=0 (got {space.bottleneck_ratios}, "
+                     f"{space.group_widths}, {space.se_ratio})")
+
+
 def _check_positive_values(space, field, values):
   if not values or not all(isinstance(v, (int, float)) and v > 0 for v in values):
     raise SpaceError(f"{space.name}: {field}={values!r} must be a non-empty tuple of positive numbers")
@@ -255,6 +290,8 @@ def _check_positive_values(space, field, values):
 Space = AnyNetSpace | RegNetSpace
 
 _PAPER = "Radosavovic et al. 2020, sec. 3"
+_E = dict(shared_bottleneck=True, shared_group_width=True, width_order="nondecreasing", depth_order="nondecreasing")
+_NO_BOTTLENECK = dict(block_type="basic", bottleneck_ratios=(1,), group_widths=(1,))
 SPACES: Mapping[str, Space] = {s.name: s for s in (
     AnyNetSpace("AnyNetX_A", description=f"{_PAPER}.1: 16 free parameters"),
     AnyNetSpace("AnyNetX_B", shared_bottleneck=True, description="A + shared bottleneck ratio"),
@@ -270,6 +307,18 @@ SPACES: Mapping[str, Space] = {s.name: s for s in (
     AnyNetSpace("VioNet", shared_bottleneck=True, shared_group_width=True, width_order="decreasing",
                 depth_order="decreasing",
                 description="d2l exercise: violates the principles, widths and depths shrink stage to stage"),
+    AnyNetSpace("VioNet_d", **dict(_E, depth_order="decreasing"),
+                description="AnyNetX_E but depths strictly decrease (d2l exercise: breaks d_{i+1} >= d_i only)"),
+    AnyNetSpace("VioNet_w", **dict(_E, width_order="decreasing"),
+                description="AnyNetX_E but widths strictly decrease (d2l exercise: breaks w_{i+1} >= w_i only)"),
+    AnyNetSpace("VioNet_g", **dict(_E, shared_group_width=False, vary_group_width=True),
+                description="AnyNetX_E but group widths differ between stages (d2l exercise: breaks shared g only)"),
+    AnyNetSpace("VioNet_b", **dict(_E, shared_bottleneck=False, vary_bottleneck=True),
+                description="AnyNetX_E but bottleneck ratios differ between stages (breaks shared b only)"),
+    AnyNetSpace("AnyNet_E_basic", **_E, **_NO_BOTTLENECK,
+                description="AnyNetX_E with basic residual blocks instead of X blocks (d2l: de-ResNeXt-ify)"),
+    RegNetSpace("RegNet_basic", **_NO_BOTTLENECK,
+                description="RegNet with basic residual blocks instead of X blocks (d2l: de-ResNeXt-ify)"),
 )}
 
 

@@ -1,0 +1,31 @@
+"""Shared by the exercise sweeps: another sweep config of this directory, loaded by name (configs/ is no package).
+
+`derived(base_name, name, spaces)` keeps the base sweep's regime, seed and training recipe and replaces its name
+and spaces, so an exercise runs in whatever proxy regime the base sweep defines (pass the base as the config
+argument: --config=configs/sweeps/vionet.py:fashion_mnist_cpu).
+"""
+
+import importlib.util
+import os
+
+import ml_collections
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def load(name: str) -> ml_collections.ConfigDict:
+  path = os.path.join(HERE, f"{name}.py")
+  if not os.path.exists(path):
+    known = sorted(f[:-3] for f in os.listdir(HERE) if f.endswith(".py") and not f.startswith("_"))
+    raise FileNotFoundError(f"no sweep config {path}; the base sweep must be one of {known}")
+  spec = importlib.util.spec_from_file_location(f"sweep_{name}", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config()
+
+
+def derived(base_name: str, name: str, spaces: dict) -> ml_collections.ConfigDict:
+  c = load(base_name)
+  c.name = f"{name}@{c.name}"  # another base gives another sweep name: their results never mix in one workdir
+  c.spaces = ml_collections.ConfigDict(spaces)
+  return c

@@ -1,0 +1,31 @@
+"""d2l exercise (RegNet chapter): "de-ResNeXt-ify": basic residual blocks instead of bottleneck X blocks.
+
+AnyNet_E_basic and RegNet_basic are AnyNetX_E and RegNet with the X block (1x1, grouped 3x3, 1x1 with bottleneck
+ratio b and group width g) replaced by the basic residual block (3x3, 3x3; regnet_jax/layers.py BasicBlock), so b
+and g disappear from the space. Both X-block spaces train in the same sweep as references, at the same flops
+regime, seed and recipe, taken from the base sweep (the config argument, default fashion_mnist_cpu).
+
+  python -m regnet_jax.sweep --config=configs/sweeps/deresnextify.py --plan
+  python -m regnet_jax.sweep --config=configs/sweeps/deresnextify.py --workdir=sweeps/deresnextify --shard=0/2
+  python -m regnet_jax.sweep.analyze sweeps/deresnextify --out=sweeps/deresnextify/edf.png
+"""
+
+import importlib.util
+import os
+
+
+def _load_base_module():
+  """configs/sweeps/_base.py, by path (configs/ is not a package)."""
+  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_base.py")
+  spec = importlib.util.spec_from_file_location("sweep_config_base", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+MODELS_PER_SPACE = 50
+SPACES = ("AnyNetX_E", "AnyNet_E_basic", "RegNet", "RegNet_basic")
+
+
+def get_config(arg: str | None = None):
+  return _load_base_module().derived(arg or "fashion_mnist_cpu", "deresnextify", {s: {"n": MODELS_PER_SPACE} for s in SPACES})

@@ -1,0 +1,37 @@
+"""d2l exercise (RegNet chapter): VioNet, networks that violate the design principles; which of d, w, g, b matters?
+
+Each VioNet_x space is AnyNetX_E with exactly one principle broken (regnet_jax/sweep/spaces.py):
+  VioNet_d  depths strictly decrease from stage to stage (AnyNetX_E: non-decreasing)
+  VioNet_w  widths strictly decrease (AnyNetX_E: non-decreasing)
+  VioNet_g  group widths differ between stages (AnyNetX_E: one shared g)
+  VioNet_b  bottleneck ratios differ between stages (AnyNetX_E: one shared b)
+AnyNetX_E itself is the reference, trained in the same sweep with the same recipe. The principle whose violation
+moves the error EDF furthest from AnyNetX_E's matters most. Regime, seed and recipe come from the base sweep (the
+config argument, default fashion_mnist_cpu), so the comparison runs in whichever proxy that sweep defines.
+
+  python -m regnet_jax.sweep --config=configs/sweeps/vionet.py --plan
+  python -m regnet_jax.sweep --config=configs/sweeps/vionet.py:fashion_mnist_cpu --workdir=sweeps/vionet --shard=0/2
+  python -m regnet_jax.sweep.analyze sweeps/vionet --out=sweeps/vionet/edf.png
+More models: --config.spaces.VioNet_d.n=100 (etc.); every space samples its own seeded stream, so a larger n
+extends the list and leaves the other spaces' models unchanged.
+"""
+
+import importlib.util
+import os
+
+
+def _load_base_module():
+  """configs/sweeps/_base.py, by path (configs/ is not a package)."""
+  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_base.py")
+  spec = importlib.util.spec_from_file_location("sweep_config_base", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+MODELS_PER_SPACE = 50
+SPACES = ("AnyNetX_E", "VioNet_d", "VioNet_w", "VioNet_g", "VioNet_b")
+
+
+def get_config(arg: str | None = None):
+  return _load_base_module().derived(arg or "fashion_mnist_cpu", "vionet", {s: {"n": MODELS_PER_SPACE} for s in SPACES})
