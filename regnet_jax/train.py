@@ -288,6 +288,9 @@ def prepare(config: ml_collections.ConfigDict, workdir: str):
   config_lib.validate(config)
   spec = resolve_dataset(config)
   info = dataset_info(config, spec)
+  if config.augment == "imagenet" and info.channels != 3:
+    raise ValueError(f"config.augment='imagenet' adds ImageNet's RGB PCA lighting, but {spec.name} has "
+                     f"{info.channels}-channel images: use --config.augment=flip, or --config.channels=3")
   plan = make_plan(config, info, spec)
   mesh = sharding.make_mesh()
   sharding.check_global_batch(config.batch_size, mesh)

@@ -80,7 +80,7 @@ def _finetune(folders, pretrained, tmp_path, **overrides):
 
 def test_linear_probe_reinitialises_the_head_and_trains_only_it(folders, pretrained, tmp_path, caplog):
   source = _state(pretrained, small_config(dataset=f"folder:{folders[0]}"))
-  with caplog.at_level(logging.INFO):
+  with caplog.at_level(logging.INFO, logger="absl"):
     c, workdir, result = _finetune(folders, pretrained, tmp_path, trainable="head")
   assert re.search(r"the classifier was re-initialised for 4 classes \(params/head/fc/bias: checkpoint \(3,\), "
                    r"model \(4,\); params/head/fc/kernel: checkpoint \(\d+, 3\), model \(\d+, 4\)\); every other "
@@ -140,7 +140,8 @@ def test_resume_on_other_classes_fails_before_anything_is_written(folders, pretr
     (dict(eval_only=True), checkpointing.IncompatibleCheckpointError, r"params/head/fc/kernel: checkpoint has shape"),
     (dict(mean=(1.0, 2.0, 3.0), std=(1.0, 1.0, 1.0)), ValueError, r"give 3 values, but folder:\S+ has 1-channel"),
     (dict(trainable="backbone"), ValueError, r"config.trainable='backbone' is invalid: one of all, head"),
-], ids=["other_model", "eval_only_other_head", "mean_per_channel", "trainable"])
+    (dict(augment="imagenet"), ValueError, r"adds ImageNet's RGB PCA lighting, but folder:\S+ has 1-channel"),
+], ids=["other_model", "eval_only_other_head", "mean_per_channel", "trainable", "lighting_on_grey"])
 def test_bad_finetune_input_fails_before_writing(folders, pretrained, tmp_path, overrides, error, message):
   workdir = str(tmp_path / "run")
   with pytest.raises(error, match=message):

@@ -334,3 +334,11 @@ def test_stats_over_images_of_different_sizes():
   pixels = np.concatenate([i.reshape(-1, 3) for i in images]).astype(np.float64)
   np.testing.assert_allclose(s.mean, pixels.mean(0))
   np.testing.assert_allclose(s.std, pixels.std(0))
+
+
+def test_host_geometry_follows_augment_for_own_data(fmnist_folder):
+  spec = data.resolve(f"folder:{fmnist_folder}")
+  assert data.host_crops_for(spec, "imagenet") == ("inception", "center")
+  for augment in ("none", "flip", "crop_flip"):  # the device does flips and pad-crops; the host only resizes
+    assert data.host_crops_for(spec, augment) == ("resize", "resize")
+  assert data.host_crops_for(data.dataset_spec("imagenet2012"), "none") == ("inception", "center")

@@ -230,11 +230,14 @@ def _eval_transform(spec: DatasetSpec, image_size: int, resize_size: int | None,
 
 
 def host_crops_for(spec: DatasetSpec, augment: str) -> tuple[str, str]:
-  """(train host_crop, eval_crop) for a config's augment: your own data without augmentation is only resized.
+  """(train host_crop, eval_crop) for a config's augment.
 
-  Built-in ImageNet keeps pycls's geometry whatever the augment (its eval numbers depend on the centre crop).
+  Your own variable-sized data: augment=imagenet takes ImageNet's geometry (random-resized crop for training,
+  resize + centre crop for evaluation); every other augment resizes the whole image on the host and leaves the
+  rest (flip, pad-and-crop) to the device, as for fixed-size data. Built-in ImageNet keeps pycls's geometry
+  whatever the augment (its eval numbers depend on the centre crop).
   """
-  if spec.kind != "builtin" and augment == "none":
+  if spec.kind != "builtin" and augment != "imagenet":
     return "resize", "resize"
   return "inception", "center"
 
