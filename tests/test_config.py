@@ -67,3 +67,12 @@ def test_config_is_typed_and_locked():
     c.learning_rat = 0.1
   with pytest.raises(TypeError):
     c.batch_size = "big"
+
+
+def test_configs_building_on_another_load_it_by_path(tmp_path):
+  from regnet_jax import config_files
+  c = config_files.load_module(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs",
+                                            "regnety32.py")).get_config()
+  assert c.model == "regnety32" and c.dataset == "fashion_mnist"  # the rest is regnetx32's, loaded as its sibling
+  with pytest.raises(FileNotFoundError, match=r"no config file .*nope\.py"):
+    config_files.sibling(str(tmp_path / "a.py"), "nope.py")

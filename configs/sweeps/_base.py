@@ -5,10 +5,11 @@ and spaces, so an exercise runs in whatever proxy regime the base sweep defines 
 argument: --config=configs/sweeps/vionet.py:fashion_mnist_cpu).
 """
 
-import importlib.util
 import os
 
 import ml_collections
+
+from regnet_jax.config_files import load_module
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -18,10 +19,7 @@ def load(name: str) -> ml_collections.ConfigDict:
   if not os.path.exists(path):
     known = sorted(f[:-3] for f in os.listdir(HERE) if f.endswith(".py") and not f.startswith("_"))
     raise FileNotFoundError(f"no sweep config {path}; the base sweep must be one of {known}")
-  spec = importlib.util.spec_from_file_location(f"sweep_{name}", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
+  return load_module(path).get_config()
 
 
 def derived(base_name: str, name: str, spaces: dict) -> ml_collections.ConfigDict:

@@ -10,22 +10,11 @@ regime, seed and recipe, taken from the base sweep (the config argument, default
   python -m regnet_jax.sweep.analyze sweeps/deresnextify --out=sweeps/deresnextify/edf.png
 """
 
-import importlib.util
-import os
-
-
-def _load_base_module():
-  """configs/sweeps/_base.py, by path (configs/ is not a package)."""
-  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_base.py")
-  spec = importlib.util.spec_from_file_location("sweep_config_base", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
-
+from regnet_jax.config_files import sibling
 
 MODELS_PER_SPACE = 50
 SPACES = ("AnyNetX_E", "AnyNet_E_basic", "RegNet", "RegNet_basic")
 
 
 def get_config(arg: str | None = None):
-  return _load_base_module().derived(arg or "fashion_mnist_cpu", "deresnextify", {s: {"n": MODELS_PER_SPACE} for s in SPACES})
+  return sibling(__file__, "_base.py").derived(arg or "fashion_mnist_cpu", "deresnextify", {s: {"n": MODELS_PER_SPACE} for s in SPACES})

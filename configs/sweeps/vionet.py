@@ -16,22 +16,11 @@ More models: --config.spaces.VioNet_d.n=100 (etc.); every space samples its own 
 extends the list and leaves the other spaces' models unchanged.
 """
 
-import importlib.util
-import os
-
-
-def _load_base_module():
-  """configs/sweeps/_base.py, by path (configs/ is not a package)."""
-  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_base.py")
-  spec = importlib.util.spec_from_file_location("sweep_config_base", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
-
+from regnet_jax.config_files import sibling
 
 MODELS_PER_SPACE = 50
 SPACES = ("AnyNetX_E", "VioNet_d", "VioNet_w", "VioNet_g", "VioNet_b")
 
 
 def get_config(arg: str | None = None):
-  return _load_base_module().derived(arg or "fashion_mnist_cpu", "vionet", {s: {"n": MODELS_PER_SPACE} for s in SPACES})
+  return sibling(__file__, "_base.py").derived(arg or "fashion_mnist_cpu", "vionet", {s: {"n": MODELS_PER_SPACE} for s in SPACES})
