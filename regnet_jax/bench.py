@@ -2,11 +2,12 @@
 
   python -m regnet_jax.bench --model=regnetx32 --batch-size=128 --image-size=96 --channels=1 --num-classes=10 \
       [--conv-impl=auto] [--bn-impl=auto] [--half-precision] [--scan-blocks] [--mode=train|eval] [--steps=10] \
-      [--warmup=2] [--compare-torch [--rounds=N]] [--json]
+      [--warmup=2] [--compare-torch [--rounds=N]] [--peak-gflops=G] [--json]
 
 The step timed is `regnet_jax.steps.train_step` exactly as training runs it (on-device normalisation, forward,
 backward, SGD update, BN statistics, state donated); only the input is random uint8 images already on the device
-at the model's resolution. Prints compile seconds, median and min step seconds, img/s and peak RSS (`--json`
+at the model's resolution. Prints compile seconds, median and min step seconds, img/s, achieved GFLOP/s (and with
+--peak-gflops from benchmarks/peak.py the fraction of the machine's GEMM peak) and peak RSS (`--json`
 adds page faults per step and the glibc malloc tunables the process ran with, see regnet_jax/runtime.py).
 `--compare-torch` also times the same network in PyTorch eager (channels_last; with --half-precision under
 torch.autocast bfloat16) in a subprocess with the same environment, in the same run, and prints the ratio.
@@ -32,7 +33,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from regnet_jax import anynet, config as config_lib, optim, sharding, steps, zoo
+from regnet_jax import anynet, complexity, config as config_lib, optim, sharding, steps, zoo
 from regnet_jax.data import DatasetInfo
 from regnet_jax.torch_reference import peak_rss_mb
 
@@ -107,12 +108,16 @@ def bench(model: str, *, batch_size: int = 128, image_size: int = 224, channels:
       between_rounds(i)
   faults /= max(steps_ * rounds, 1)
   med = statistics.median(times)
+  # Issue 5's convention: a train step costs 3x the forward pass (forward, data and weight gradients), eval 1x;
+  # 2 flops per multiply-add (the analytic complexity counts multiply-adds, as pycls does).
+  macs = complexity.complexity(spec, image_size=image_size, channels=channels, num_classes=num_classes).flops
+  gflop_s = (3 if mode == "train" else 1) * 2 * macs * batch_size / med / 1e9
   return {"model": model, "mode": mode, "batch_size": batch_size, "image_size": image_size, "channels": channels,
           "num_classes": num_classes, "conv_impl": conv_impl, "bn_impl": bn_impl, "half_precision": half_precision,
           "scan_blocks": scan_blocks, "steps": steps_, "warmup": warmup, "rounds": rounds,
           "round_step_s_median": round_medians, "backend": jax.default_backend(),
           "devices": jax.device_count(), "jax": jax.__version__, "compile_s": compile_s, "step_s_median": med,
-          "step_s_min": min(times), "img_per_s": batch_size / med,
+          "step_s_min": min(times), "img_per_s": batch_size / med, "gflop_s": gflop_s,
           "minor_faults_per_step": faults, "peak_rss_mb": peak_rss_mb(),
           "glibc_tunables": os.environ.get("GLIBC_TUNABLES", "")}  # set by runtime.py; the PyTorch child shares them
 
@@ -148,10 +153,15 @@ def main(argv=None) -> int:
   p.add_argument("--compare-torch", action="store_true", help="also time PyTorch eager channels_last")
   p.add_argument("--rounds", type=int, default=1,
                  help="repeat the timed steps this many times (with --compare-torch: alternating with PyTorch)")
+  p.add_argument("--peak-gflops", type=float, default=0.0,
+                 help="the machine's GEMM peak (benchmarks/peak.py) for the printed fraction; 0: not printed")
   p.add_argument("--json", action="store_true")
   a = p.parse_args(argv)
   if a.rounds < 1:
     print(f"error: --rounds={a.rounds} must be >= 1", file=sys.stderr)
+    return 2
+  if a.peak_gflops < 0:
+    print(f"error: --peak-gflops={a.peak_gflops} must be >= 0 (0: no fraction printed)", file=sys.stderr)
     return 2
   torch_runs = []
   try:
@@ -168,13 +178,17 @@ def main(argv=None) -> int:
                       round_img_per_s=[t["img_per_s"] for t in torch_runs])
     r["round_ratios"] = [a.batch_size / s / t["img_per_s"] for s, t in zip(r["round_step_s_median"], torch_runs)]
     r["ratio_to_torch"] = r["img_per_s"] / r["torch"]["img_per_s"]
+  if a.peak_gflops > 0:
+    r["fraction_of_peak"] = r["gflop_s"] / a.peak_gflops
   if a.json:
     print(json.dumps(r))
   else:
     print(f"{r['model']} {r['mode']} batch {r['batch_size']} {r['image_size']}x{r['image_size']}x{r['channels']} "
           f"conv_impl={r['conv_impl']} bn_impl={r['bn_impl']}{' bf16' if r['half_precision'] else ''}{' scan' if r['scan_blocks'] else ''}"
           f": compile {r['compile_s']:.1f} s | step median {r['step_s_median']:.3f} s (min {r['step_s_min']:.3f}) "
-          f"| {r['img_per_s']:.1f} img/s | peak RSS {r['peak_rss_mb']:.0f} MB")
+          f"| {r['img_per_s']:.1f} img/s | {r['gflop_s']:.0f} GFLOP/s"
+          + (f" ({100 * r['fraction_of_peak']:.0f}% of peak)" if "fraction_of_peak" in r else "")
+          + f" | peak RSS {r['peak_rss_mb']:.0f} MB")
     if a.compare_torch:
       t = r["torch"]
       print(f"  {t['impl']} (torch {t['torch']}): {t['img_per_s']:.1f} img/s -> ratio {r['ratio_to_torch']:.2f}x"

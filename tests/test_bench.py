@@ -1,6 +1,7 @@
 """The benchmark times the real training step, and its PyTorch reference is the same network."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -9,7 +10,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from regnet_jax import anynet, bench, zoo
+from regnet_jax import anynet, bench, complexity, zoo
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def test_bench_reports_the_step():
@@ -21,6 +24,23 @@ def test_bench_reports_the_step():
   assert r["compile_s"] > 0 and 0 < r["step_s_min"] <= r["step_s_median"]
   assert r["img_per_s"] == pytest.approx(8 / r["step_s_median"])
   assert r["peak_rss_mb"] > 100
+  # 3 x forward multiply-adds x 2 flops per image (issue 5's convention), from the analytic complexity
+  macs = complexity.complexity(zoo.get_spec("regnetx32"), image_size=32, channels=1, num_classes=10).flops
+  assert r["gflop_s"] == pytest.approx(6 * macs * r["img_per_s"] / 1e9)
+
+
+def test_peak_script_measures_gemm_and_bandwidth():
+  out = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "peak.py"), "--sizes=64,128",
+                        "--repeats=1", "--bandwidth-gib=0.01", "--json"], capture_output=True, text=True, check=True)
+  r = json.loads(out.stdout)
+  libs = {(g["dtype"], g["n"], g["lib"]) for g in r["gemm"]}
+  assert {("f32", 64, "xla"), ("bf16", 128, "xla")} <= libs
+  for dtype in ("f32", "bf16"):
+    assert r[f"peak_{dtype}_gflop_s"] == max(g["gflop_s"] for g in r["gemm"] if g["dtype"] == dtype) > 0
+  assert r["copy_gb_s"] > 0 and r["read_gb_s"] > 0
+  bad = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "peak.py"), "--sizes=big"],
+                       capture_output=True, text=True)
+  assert bad.returncode == 2 and "--sizes='big' must be comma-separated integers" in bad.stderr
 
 
 @pytest.mark.slow  # CI runs it (.ci/run: -m slow); the default suite stays near 10 minutes
