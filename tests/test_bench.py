@@ -78,3 +78,25 @@ def test_torch_reference_is_the_same_network(name):
     expected = net(torch.as_tensor(x)).numpy()
   got = np.asarray(model.apply(variables, jnp.asarray(x.transpose(0, 2, 3, 1)), train=False))
   np.testing.assert_allclose(got, expected, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.slow  # CI runs it (.ci/run: -m slow): two train-step compiles and two timm models
+def test_device_check_logic_on_the_cpu(tmp_path):
+  """benchmarks/device_check.sh as on a GPU machine, here on the CPU at tiny sizes: a row per conv_impl and per
+  timm layout, each with its figures, and bad arguments refused."""
+  pytest.importorskip("timm")
+  out = tmp_path / "check.jsonl"
+  env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHON=sys.executable)
+  r = subprocess.run(["bash", os.path.join(ROOT, "benchmarks", "device_check.sh"), "", str(out)], env=env,
+                     capture_output=True, text=True, timeout=600)
+  assert r.returncode == 0, r.stderr[-3000:]
+  rows = [json.loads(line) for line in out.read_text().splitlines()]
+  assert [(row["kind"], row.get("conv_impl", row.get("layout"))) for row in rows] == [
+      ("ours", "xla"), ("ours", "split"), ("timm", "channels_last"), ("timm", "nchw")], rows
+  for row in rows:
+    assert row["model"] == "regnetx_200mf" and row["dtype"] == "f32" and row["img_per_s"] > 0 and row["tflop_s"] > 0
+  assert "device: cpu" in r.stdout and "ours regnetx_200mf f32 split:" in r.stdout
+  bad = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "device_check.py"), "--impls=onednn",
+                        "--models=regnetx33"], capture_output=True, text=True, env=env)
+  assert bad.returncode == 2 and "'onednn' is not one of xla, split, custom_vjp, im2col" in bad.stderr
+  assert "closest: regnetx32" in bad.stderr
