@@ -89,8 +89,8 @@ def build(*, verbose: bool = False) -> Path:
                             "(e.g. `apt-get install g++`) or set CXX, or use another conv_impl")
   jax_include = jax.ffi.include_dir()
   key = hashlib.sha256()
-  for part in (*(src.read_bytes() for src in SOURCES), runtime.cpu_description().encode(), str(libdir).encode(), str(include).encode(), jax_include.encode(),
-               jax.__version__.encode(), cxx.encode()):
+  for part in (*(src.read_bytes() for src in SOURCES), runtime.cpu_description().encode(), str(libdir).encode(),
+               str(include).encode(), jax_include.encode(), jax.__version__.encode(), cxx.encode()):
     key.update(part)
   out = cache_dir() / f"onednn-{key.hexdigest()[:16]}" / "libregnet_onednn.so"
   if out.exists():
@@ -235,7 +235,8 @@ def conv2d(x, kernel, stride: int, groups: int, *, blocked: bool = False):
   between a BN and the grouped conv after it at no cost. Channels must be multiples of 16.
 
   Reverse-mode differentiable (first order). Raises OneDnnUnavailable where the extension cannot be had or
-  this CPU's oneDNN lacks the dtype (`supports`), and ValueError for dtypes other than float32 / bfloat16 or mixed dtypes.
+  this CPU's oneDNN lacks the dtype (`probe`), and ValueError for dtypes other than float32 / bfloat16 or mixed
+  dtypes.
   """
   lib, why = _load()
   if lib is None:

@@ -17,4 +17,5 @@ SPACES = ("AnyNetX_E", "AnyNet_E_basic", "RegNet", "RegNet_basic")
 
 
 def get_config(arg: str | None = None):
-  return sibling(__file__, "_base.py").derived(arg or "fashion_mnist_cpu", "deresnextify", {s: {"n": MODELS_PER_SPACE} for s in SPACES})
+  spaces = {s: {"n": MODELS_PER_SPACE} for s in SPACES}
+  return sibling(__file__, "_base.py").derived(arg or "fashion_mnist_cpu", "deresnextify", spaces)

@@ -23,4 +23,5 @@ SPACES = ("AnyNetX_E", "VioNet_d", "VioNet_w", "VioNet_g", "VioNet_b")
 
 
 def get_config(arg: str | None = None):
-  return sibling(__file__, "_base.py").derived(arg or "fashion_mnist_cpu", "vionet", {s: {"n": MODELS_PER_SPACE} for s in SPACES})
+  spaces = {s: {"n": MODELS_PER_SPACE} for s in SPACES}
+  return sibling(__file__, "_base.py").derived(arg or "fashion_mnist_cpu", "vionet", spaces)
