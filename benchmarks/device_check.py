@@ -21,7 +21,7 @@ import statistics
 import sys
 import time
 
-from regnet_jax import bench, complexity, zoo
+from regnet_jax import bench, zoo
 from regnet_jax.weights import names
 
 GPU_IMPLS = ("xla", "split", "custom_vjp", "im2col")  # the conv formulations that run off the CPU
@@ -118,8 +118,8 @@ def main(argv=None) -> int:
         else:
           r = timm_step(model, batch_size=a.batch_size, image_size=a.image_size, dtype=dtype,
                         channels_last=which == "channels_last", steps=a.steps, warmup=a.warmup)
-          macs = complexity.complexity(zoo.get_spec(model), image_size=a.image_size).flops
-          r["tflop_s"] = 6 * macs * r["img_per_s"] / 1e12
+          flops = bench.step_flops_per_image(zoo.get_spec(model), "train", image_size=a.image_size)
+          r["tflop_s"] = flops * r["img_per_s"] / 1e12
       except Exception as e:  # noqa: BLE001 (one failing row must not cost the others; it is reported)
         r = {"kind": kind, "model": model, "dtype": dtype, "which": which, "error": f"{type(e).__name__}: {e}"}
       out.write(json.dumps(r) + "\n")

@@ -43,6 +43,13 @@ def synthetic_info(channels: int, num_classes: int) -> DatasetInfo:
                      mean=(127.5,) * channels, std=(64.0,) * channels)
 
 
+def step_flops_per_image(spec, mode: str, *, image_size: int, channels: int = 3, num_classes: int = 1000) -> float:
+  """Issue 5's convention: a train step costs 3x the forward pass (forward, data and weight gradients), eval 1x;
+  2 flops per multiply-add (the analytic complexity counts multiply-adds, as pycls does)."""
+  macs = complexity.complexity(spec, image_size=image_size, channels=channels, num_classes=num_classes).flops
+  return (3 if mode == "train" else 1) * 2 * macs
+
+
 def bench(model: str, *, batch_size: int = 128, image_size: int = 224, channels: int = 3, num_classes: int = 1000,
           conv_impl: str = "auto", bn_impl: str = "auto", half_precision: bool = False, scan_blocks: bool = False, mode: str = "train",
           steps_: int = 10, warmup: int = 2, rounds: int = 1, between_rounds=None) -> dict:
@@ -108,10 +115,8 @@ def bench(model: str, *, batch_size: int = 128, image_size: int = 224, channels:
       between_rounds(i)
   faults /= max(steps_ * rounds, 1)
   med = statistics.median(times)
-  # Issue 5's convention: a train step costs 3x the forward pass (forward, data and weight gradients), eval 1x;
-  # 2 flops per multiply-add (the analytic complexity counts multiply-adds, as pycls does).
-  macs = complexity.complexity(spec, image_size=image_size, channels=channels, num_classes=num_classes).flops
-  gflop_s = (3 if mode == "train" else 1) * 2 * macs * batch_size / med / 1e9
+  gflop_s = step_flops_per_image(spec, mode, image_size=image_size, channels=channels,
+                                 num_classes=num_classes) * batch_size / med / 1e9
   return {"model": model, "mode": mode, "batch_size": batch_size, "image_size": image_size, "channels": channels,
           "num_classes": num_classes, "conv_impl": conv_impl, "bn_impl": bn_impl, "half_precision": half_precision,
           "scan_blocks": scan_blocks, "steps": steps_, "warmup": warmup, "rounds": rounds,

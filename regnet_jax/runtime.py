@@ -111,4 +111,3 @@ def cpu_description() -> str:
     return platform.machine() + "".join(sorted(set(lines)))
   except OSError:
     return platform.machine() + platform.processor()
-
