@@ -41,8 +41,9 @@ def test_analyze_writes_png_and_table(tmp_path, capsys):
   assert os.path.getsize(out) > 10_000
   table = open(str(tmp_path / "report" / "edf.md")).read()
   assert table in printed
-  rows = [line for line in table.splitlines() if line.startswith("| AnyNetX_A") or line.startswith("| RegNet")]
+  rows = [line for line in table.splitlines() if line.startswith(("| AnyNetX_A |", "| RegNet |"))]
   assert len(rows) == 2 and all("| 6 |" in r for r in rows)
+  assert "| AnyNetX_A -> RegNet | 6, 6 |" in table
 
 
 def test_analyze_groups_and_summaries_by_hand(tmp_path):

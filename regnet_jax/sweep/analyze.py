@@ -1,10 +1,12 @@
 """python -m regnet_jax.sweep.analyze DIR [DIR ...] --out=FILE.png [--metric=best|final] [--bins=4]
 
 Compares the design spaces recorded in the sweeps' results.jsonl files (shards and sweeps merge): error EDFs
-(legend name | n | min | mean), the complexity-normalised EDF, bootstrap 95% intervals of the best error, error
-against depth, width, group width, bottleneck ratio and w_m (RegNet: sampled; AnyNet: the fitted one) with binned
-mean +- std bands, and against the RegNet linear-fit error e_fit. Writes FILE.png and FILE.md (the summary table,
-also printed).
+(legend name | n | min | mean), the complexity-normalised EDF, bootstrap 95% intervals of the best and of the mean
+error, error against depth, width, group width, bottleneck ratio and w_m (RegNet: sampled; AnyNet: the fitted one)
+with binned mean +- std bands, and against the RegNet linear-fit error e_fit. For each adjacent pair of spaces (in
+the registry's order: AnyNetX_A, B, C, D, E, RegNet, ...) a KS test of the EDFs and a bootstrap interval of the
+difference in mean error, and, where the paper's spaces are present, the table of its five claims
+(regnet_jax/sweep/claims.py). Writes FILE.png and FILE.md (the tables, also printed).
 """
 
 from __future__ import annotations
@@ -18,9 +20,10 @@ from typing import Any
 
 import numpy as np
 
-from regnet_jax.sweep import stats
+from regnet_jax.sweep import claims, stats
 from regnet_jax.sweep.linear_fit import fit_regnet
 from regnet_jax.sweep.results import load_dirs
+from regnet_jax.sweep.spaces import space_names
 from regnet_jax.specs_io import spec_from_dict
 
 METRICS = {"best": "best_error", "final": "final_error"}
@@ -58,6 +61,7 @@ class Summary:
   mean: float
   median: float
   best_ci: stats.Interval
+  mean_ci: stats.Interval
   normalized_mean: float
   e_fit_median: float
   flops_mean: float
@@ -91,22 +95,46 @@ def summarize(groups: Sequence[Group], num_bins: int, num_resamples: int, seed: 
     weights = stats.normalized_weights(g.values("flops"), edges)
     out.append(Summary(
         name=g.name, n=len(errs), min=float(errs.min()), mean=float(errs.mean()), median=float(np.median(errs)),
-        best_ci=stats.bootstrap_min(errs, num_resamples, seed=seed), normalized_mean=float(weights @ errs),
+        best_ci=stats.bootstrap_min(errs, num_resamples, seed=seed),
+        mean_ci=stats.bootstrap_mean(errs, num_resamples, seed=seed), normalized_mean=float(weights @ errs),
         e_fit_median=float(np.median(g.values("e_fit"))), flops_mean=float(g.values("flops").mean()),
         seconds=float(g.values("seconds").sum())))
   return out
 
 
 def markdown_table(summaries: Sequence[Summary], metric: str) -> str:
-  lines = [f"error = {metric} top-1 error (%); best 95% = bootstrap interval of the minimum error; norm. mean = "
-           "mean under the complexity-normalised weights (NDS); e_fit = RegNet linear-fit error (median)", "",
-           "| space | n | min | mean | median | best 95% CI | norm. mean | e_fit | mean MF | train s |",
-           "|---|---:|---:|---:|---:|---|---:|---:|---:|---:|"]
+  lines = [f"error = {metric} top-1 error (%); best / mean 95% = bootstrap intervals of the minimum / mean error; "
+           "norm. mean = mean under the complexity-normalised weights (NDS); e_fit = RegNet linear-fit error "
+           "(median)", "",
+           "| space | n | min | best 95% CI | mean | mean 95% CI | median | norm. mean | e_fit | mean MF | train s |",
+           "|---|---:|---:|---|---:|---|---:|---:|---:|---:|---:|"]
   for s in sorted(summaries, key=lambda s: s.mean):
-    lines.append(f"| {s.name} | {s.n} | {s.min:.2f} | {s.mean:.2f} | {s.median:.2f} | "
-                 f"[{s.best_ci.low:.2f}, {s.best_ci.high:.2f}] | {s.normalized_mean:.2f} | {s.e_fit_median:.3f} | "
-                 f"{s.flops_mean / 1e6:.2f} | {s.seconds:.0f} |")
+    lines.append(f"| {s.name} | {s.n} | {s.min:.2f} | [{s.best_ci.low:.2f}, {s.best_ci.high:.2f}] | {s.mean:.2f} | "
+                 f"[{s.mean_ci.low:.2f}, {s.mean_ci.high:.2f}] | {s.median:.2f} | {s.normalized_mean:.2f} | "
+                 f"{s.e_fit_median:.3f} | {s.flops_mean / 1e6:.2f} | {s.seconds:.0f} |")
   return "\n".join(lines) + "\n"
+
+
+def progression_order(groups: Sequence[Group]) -> list[Group]:
+  """Groups in the registry's order of their space names (AnyNetX_A..E, RegNet, exercises); others keep their
+  first-seen order after them. Names carrying a sweep ('sweep/space') order by their space part."""
+  rank = {name: i for i, name in enumerate(space_names())}
+  return sorted(groups, key=lambda g: rank.get(g.name.rsplit("/", 1)[-1], len(rank)))
+
+
+def comparison_tables(groups: Sequence[Group], num_resamples: int, seed: int) -> str:
+  """Adjacent-pair tests in progression order, and the paper's claims table where its spaces are all here."""
+  ordered = progression_order(groups)
+  pairs = [claims.compare_pair(a.name, b.name, a.values("error"), b.values("error"), num_resamples, seed)
+           for a, b in zip(ordered, ordered[1:])]
+  out = ""
+  if pairs:
+    out += ("\nAdjacent spaces: two-sample KS test of the error EDFs and a bootstrap 95% interval of the difference "
+            "in mean error (negative: b is better)\n\n" + claims.pair_table(pairs))
+  table = claims.claims_table({g.name: g.values("error") for g in groups}, num_resamples=num_resamples, seed=seed)
+  if table:
+    out += "\nThe paper's claims (sec. 3), judged as regnet_jax/sweep/claims.py states\n\n" + table
+  return out
 
 
 _TRENDS = (("depth", "depth d (blocks)", False), ("width", "widest stage w", True),
@@ -185,7 +213,7 @@ def main(argv=None) -> int:
     return 2
   groups = group_records(records, args.metric)
   summaries = summarize(groups, args.bins, args.bootstrap, args.seed)
-  table = markdown_table(summaries, args.metric)
+  table = markdown_table(summaries, args.metric) + comparison_tables(groups, args.bootstrap, args.seed)
   print(table)
   os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
   with open(os.path.splitext(args.out)[0] + ".md", "w") as f:

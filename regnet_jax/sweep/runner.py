@@ -6,6 +6,8 @@ A sweep config (ml_collections, see configs/sweeps/) holds:
   regime   flops / params / acts bounds ((low, high) or None) and the input geometry image_size, channels,
            num_classes at which complexity is measured
   spaces   ordered {space name: {n: models, [base | kind, space field overrides]}} (see spaces.space_from_dict)
+  space_fields  optional {space field: value} set on every space before its own overrides (e.g. stem_type), so
+           a regime's geometry is stated once and exercise sweeps derived from the config inherit it
   train    the training config every trial starts from; each trial sets `train.model_spec`
 
 Trial i (global index, spaces in config order) belongs to shard i % N. Reruns skip trials already recorded, so a
@@ -80,9 +82,10 @@ def plan_trials(config) -> tuple[Trial, ...]:
   if train_size is not None and int(train_size) != regime.image_size:
     raise SweepError(f"regime.image_size={regime.image_size} differs from train.image_size={train_size}: "
                      "complexity must be measured at the size the models train at; set both to the same value")
+  shared = dict(config.space_fields.items()) if config.get("space_fields") is not None else {}
   trials = []
   for name, entry in config.spaces.items():
-    entry = dict(entry.items())
+    entry = {**shared, **dict(entry.items())}
     if "n" not in entry or int(entry["n"]) < 1:
       raise SweepError(f"spaces.{name} needs n >= 1 (models to sample), got {entry.get('n')!r}")
     space = space_from_dict(name, entry)

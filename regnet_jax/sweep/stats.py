@@ -1,5 +1,7 @@
-"""Statistics for comparing design spaces: error EDFs (plain and complexity-normalised), bootstrap of the best
-error, binned trends. Pure numpy functions; randomness only through an explicit seed."""
+"""Statistics for comparing design spaces: error EDFs (plain and complexity-normalised), bootstrap intervals of the
+best and the mean error and of a difference in means, the two-sample Kolmogorov-Smirnov test, rank correlation
+between two budgets, binned trends. Numpy functions (scipy for the KS and rank-correlation p-values, which JAX
+already installs); randomness only through an explicit seed."""
 
 from __future__ import annotations
 
@@ -64,9 +66,78 @@ def bootstrap_min(errors: Sequence[float], num_resamples: int = 10_000, alpha: f
     raise ValueError("bootstrap_min needs at least one error")
   m = len(errs) if sample_size is None else sample_size
   idx = np.random.default_rng(seed).integers(0, len(errs), size=(num_resamples, m))
-  mins = errs[idx].min(axis=1)
-  lo, med, hi = np.percentile(mins, [100 * alpha / 2, 50, 100 * (1 - alpha / 2)])
+  return _percentiles(errs[idx].min(axis=1), alpha)
+
+
+def bootstrap_mean(errors: Sequence[float], num_resamples: int = 10_000, alpha: float = 0.05,
+                   seed: int = 0) -> Interval:
+  """Percentile-bootstrap interval of the mean error (resamples of n with replacement)."""
+  errs = np.asarray(errors, dtype=np.float64)
+  if len(errs) == 0:
+    raise ValueError("bootstrap_mean needs at least one error")
+  idx = np.random.default_rng(seed).integers(0, len(errs), size=(num_resamples, len(errs)))
+  return _percentiles(errs[idx].mean(axis=1), alpha)
+
+
+def bootstrap_mean_difference(a: Sequence[float], b: Sequence[float], num_resamples: int = 10_000,
+                              alpha: float = 0.05, seed: int = 0) -> Interval:
+  """Percentile-bootstrap interval of mean(b) - mean(a), resampling each group independently (negative: b's
+  errors are lower on average)."""
+  a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+  if len(a) == 0 or len(b) == 0:
+    raise ValueError(f"bootstrap_mean_difference needs errors in both groups, got {len(a)} and {len(b)}")
+  rng = np.random.default_rng(seed)
+  ma = a[rng.integers(0, len(a), size=(num_resamples, len(a)))].mean(axis=1)
+  mb = b[rng.integers(0, len(b), size=(num_resamples, len(b)))].mean(axis=1)
+  return _percentiles(mb - ma, alpha)
+
+
+def _percentiles(values: np.ndarray, alpha: float) -> Interval:
+  lo, med, hi = np.percentile(values, [100 * alpha / 2, 50, 100 * (1 - alpha / 2)])
   return Interval(float(lo), float(med), float(hi))
+
+
+@dataclasses.dataclass(frozen=True)
+class KsTest:
+  """Two-sample Kolmogorov-Smirnov: D = max |F_a - F_b| of the two error EDFs, and its two-sided p-value."""
+
+  statistic: float
+  pvalue: float
+
+
+def ks_test(a: Sequence[float], b: Sequence[float]) -> KsTest:
+  from scipy import stats as sp  # imported here: only the analysis needs scipy
+  a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+  if len(a) == 0 or len(b) == 0:
+    raise ValueError(f"ks_test needs errors in both groups, got {len(a)} and {len(b)}")
+  r = sp.ks_2samp(a, b)
+  return KsTest(float(r.statistic), float(r.pvalue))
+
+
+@dataclasses.dataclass(frozen=True)
+class RankAgreement:
+  """How well one budget's errors rank models like another's: Spearman rho, Kendall tau (with p-values), and
+  the overlap of the two top-k sets (k = a quarter of the models, at least 1)."""
+
+  n: int
+  spearman: float
+  spearman_p: float
+  kendall: float
+  kendall_p: float
+  top_k: int
+  top_k_overlap: float
+
+
+def rank_agreement(x: Sequence[float], y: Sequence[float]) -> RankAgreement:
+  from scipy import stats as sp
+  x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
+  if len(x) != len(y) or len(x) < 3:
+    raise ValueError(f"rank_agreement needs two equal-length series of >= 3 values, got {len(x)} and {len(y)}")
+  rho, tau = sp.spearmanr(x, y), sp.kendalltau(x, y)
+  k = max(1, len(x) // 4)
+  top_x, top_y = set(np.argsort(x, kind="stable")[:k]), set(np.argsort(y, kind="stable")[:k])
+  return RankAgreement(len(x), float(rho.statistic), float(rho.pvalue), float(tau.statistic), float(tau.pvalue),
+                       k, len(top_x & top_y) / k)
 
 
 @dataclasses.dataclass(frozen=True)
