@@ -68,11 +68,21 @@ def state_shardings(abstract_state, mesh):
   return jax.tree.map(lambda _: sharding.replicated(mesh), abstract_state)
 
 
+# The init program runs once per run, but XLA:CPU's default LLVM optimisation of its random-initialiser kernels took
+# 10-14 s of a short sweep trial's ~25 s of compiles (4-8 MF models, 2026-12-07); at level 0 it compiles in 4-6 s.
+# Its values may differ from the optimised program's in the last bit (as eager init's already do).
+INIT_COMPILER_OPTIONS = {"cpu": {"xla_backend_optimization_level": 0}}
+
+
 def create_train_state(rng, mesh, **kwargs) -> TrainState:
   """The train state created directly with its shardings (no host copy of the parameters)."""
   fn = functools.partial(init_state, **kwargs)
   abstract = jax.eval_shape(fn, rng)
-  return jax.jit(fn, out_shardings=state_shardings(abstract, mesh))(rng)
+  jitted = jax.jit(fn, out_shardings=state_shardings(abstract, mesh))
+  options = INIT_COMPILER_OPTIONS.get(mesh.devices.flat[0].platform)
+  if options is None:
+    return jitted(rng)
+  return jitted.lower(rng).compile(compiler_options=options)(rng)
 
 
 def abstract_train_state(rng, mesh, **kwargs):

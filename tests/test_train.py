@@ -55,6 +55,25 @@ def _params(workdir, config):
   return state, step
 
 
+def test_create_train_state_at_low_optimisation_equals_the_default_program(monkeypatch):
+  # create_train_state compiles init at XLA:CPU level 0 (compile-time saving); its values must stay those of the
+  # default-optimised program up to the last bit, and it must still place the state with its shardings.
+  c = small_config()
+  info = data_lib.dataset_info("fashion_mnist", None)
+  mesh = jax.make_mesh((1,), ("data",))
+  kw = dict(model=train.build_model(c, info), tx=optim.make_optimizer(c, 8), info=info, image_size=32)
+  rng = jax.random.key(3)
+  cheap = steps.create_train_state(rng, mesh, **kw)
+  monkeypatch.setattr(steps, "INIT_COMPILER_OPTIONS", {})
+  default = steps.create_train_state(rng, mesh, **kw)
+  leaves = lambda s: [x for x in jax.tree.leaves(s) if not jnp.issubdtype(x.dtype, jax.dtypes.prng_key)]
+  assert len(leaves(cheap)) == len(leaves(default)) > 100
+  for a, b in zip(leaves(cheap), leaves(default)):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=2e-7, atol=2e-7)
+    assert a.sharding.is_equivalent_to(b.sharding, a.ndim)
+  assert np.array_equal(jax.random.key_data(cheap.rng), jax.random.key_data(default.rng))
+
+
 def test_train_on_mock_tfds_fashion_mnist(tmp_path):
   with tfds.testing.mock_data(num_examples=64):
     c = small_config(data_dir=str(tmp_path / "no_idx_here"), num_train_steps=3, batch_size=16, eval_batch_size=24)
