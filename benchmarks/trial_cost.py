@@ -1,7 +1,7 @@
 """Where one sweep trial's time goes, and sweep trials per hour, for two process layouts and the compilation cache.
 
   nice -n 10 .venv/bin/python benchmarks/trial_cost.py [--trials=3] [--steps=50] [--runs=per-process,one-process]
-      [--cache=off,cold,warm] [--config=configs/sweeps/fashion_mnist_cpu.py] [--json=OUT.jsonl]
+      [--cache=off,cold,warm] [--init=level0,default] [--config=configs/sweeps/fashion_mnist_cpu.py] [--json=OUT.jsonl]
 
 The trials are the first models of each space of the sweep config (round-robin over its spaces, so a 3-trial run
 of the shipped CPU sweep trains one AnyNetX_A, one AnyNetX_E and one RegNet) with `train.num_train_steps` set to
@@ -19,7 +19,7 @@ Phases per trial (seconds; the process phases are once per process):
   import    jax, flax, optax, orbax and regnet_jax.train, and JAX's CPU backend
   setup     config validation, dataset info, mesh (train.prepare) and the train/eval batch iterators
   init      creating the train state (execution; its compilation is under compile)
-  compile   every jit compilation in the trial (tracing, lowering, XLA), split into train / eval / other
+  compile   every jit compilation in the trial (tracing, lowering, XLA), split into init / train / eval / other
   train     the rest: the train steps and the loop around them (by difference)
   eval      evaluating the whole test split (execution; its compilation is under compile)
   ckpt      checkpoint saves, waits and restores
@@ -47,9 +47,11 @@ import tempfile  # noqa: E402
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-PHASES = ("setup", "init", "compile_train", "compile_eval", "compile_other", "train", "eval", "ckpt", "plot")
+PHASES = ("setup", "init", "compile_init", "compile_train", "compile_eval", "compile_other", "train", "eval", "ckpt",
+          "plot")
 RUNS = ("per-process", "one-process")
 CACHES = ("off", "cold", "warm")
+INITS = ("level0", "default")
 
 
 def parse_args(argv):
@@ -59,6 +61,9 @@ def parse_args(argv):
   p.add_argument("--steps", type=int, default=50, help="train.num_train_steps of every trial")
   p.add_argument("--runs", default=",".join(RUNS), help=f"comma-separated subset of {RUNS}")
   p.add_argument("--cache", default="off,cold,warm", help=f"comma-separated subset of {CACHES}, run in this order")
+  p.add_argument("--init", default="level0", help=f"comma-separated subset of {INITS}: how the train-state init "
+                 "program is compiled; level0 as shipped (steps.INIT_COMPILER_OPTIONS), default = XLA's default "
+                 "optimisation (the code before 2026-12-07)")
   p.add_argument("--json", default="", help="also append one JSON line per run to this file")
   p.add_argument("--workdir", default="", help="scratch directory (default: a fresh temporary one, removed)")
   p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -68,8 +73,9 @@ def parse_args(argv):
   p.add_argument("--child_workdir", default="", help=argparse.SUPPRESS)
   p.add_argument("--cache_dir", default="", help=argparse.SUPPRESS)
   p.add_argument("--spawned_at", type=float, default=0.0, help=argparse.SUPPRESS)
+  p.add_argument("--child_init", default="level0", help=argparse.SUPPRESS)
   args = p.parse_args(argv)
-  for name, allowed in (("runs", RUNS), ("cache", CACHES)):
+  for name, allowed in (("runs", RUNS), ("cache", CACHES), ("init", INITS)):
     bad = sorted(set(getattr(args, name).split(",")) - set(allowed))
     if bad:
       p.error(f"--{name}: unknown {bad}; choose from {allowed}")
@@ -119,7 +125,8 @@ class Clock:
     if event not in (dispatch.JAXPR_TRACE_EVENT, dispatch.JAXPR_TO_MLIR_MODULE_EVENT, dispatch.BACKEND_COMPILE_EVENT):
       return
     name = str(kwargs.get("fun_name", ""))
-    kind = "compile_train" if "train_step" in name else "compile_eval" if "eval_step" in name else "compile_other"
+    kind = ("compile_train" if "train_step" in name else "compile_eval" if "eval_step" in name
+            else "compile_init" if "init_state" in name else "compile_other")
     self.totals[kind] = self.totals.get(kind, 0.0) + seconds
     self.compiles.append((name, seconds))
     self._compile_in_phase += seconds
@@ -175,8 +182,10 @@ def child_main(args) -> None:
   import jax
   if args.cache_dir:
     jax.config.update("jax_compilation_cache_dir", args.cache_dir)
-  from regnet_jax import train
+  from regnet_jax import steps, train
   from regnet_jax.sweep.runner import trial_train_config
+  if args.child_init == "default":
+    steps.INIT_COMPILER_OPTIONS = {}
   jax.devices()
   import_s = time.perf_counter() - t0
   print(json.dumps({"process": {"start": started, "import": import_s}}), flush=True)
@@ -205,10 +214,11 @@ def child_main(args) -> None:
 # -------------------------------------------------------------------------------------------- parent: runs
 
 
-def spawn(args, positions, workdir, cache_dir) -> tuple[list[dict], float]:
+def spawn(args, positions, workdir, cache_dir, init) -> tuple[list[dict], float]:
   cmd = [sys.executable, os.path.abspath(__file__), f"--config={args.config}", f"--steps={args.steps}",
          *(f"--set={item}" for item in args.set),
-         f"--child={','.join(map(str, positions))}", f"--child_workdir={workdir}", f"--cache_dir={cache_dir}"]
+         f"--child={','.join(map(str, positions))}", f"--child_workdir={workdir}", f"--cache_dir={cache_dir}",
+         f"--child_init={init}"]
   start = time.perf_counter()
   cmd.append(f"--spawned_at={time.time()}")
   out = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, check=False, cwd=ROOT)
@@ -219,39 +229,39 @@ def spawn(args, positions, workdir, cache_dir) -> tuple[list[dict], float]:
   return lines, wall
 
 
-def run(args, layout: str, cache: str, scratch: str) -> dict:
-  workdir = tempfile.mkdtemp(prefix=f"{layout}-{cache}-", dir=scratch)
-  cache_dir = "" if cache == "off" else os.path.join(scratch, f"xla_cache_{layout}")
+def run(args, layout: str, cache: str, init: str, scratch: str) -> dict:
+  workdir = tempfile.mkdtemp(prefix=f"{layout}-{cache}-{init}-", dir=scratch)
+  cache_dir = "" if cache == "off" else os.path.join(scratch, f"xla_cache_{layout}_{init}")
   if cache == "cold" and os.path.isdir(cache_dir):
     shutil.rmtree(cache_dir)
   positions = list(range(args.trials))
   groups = [[i] for i in positions] if layout == "per-process" else [positions]
   processes, trials, wall = [], [], 0.0
   for g in groups:
-    lines, w = spawn(args, g, workdir, cache_dir)
+    lines, w = spawn(args, g, workdir, cache_dir, init)
     wall += w
     processes += [line["process"] for line in lines if "process" in line]
     trials += [line for line in lines if "trial" in line]
   fixed = {k: sum(p[k] for p in processes) / len(trials) for k in ("start", "import")}
   phases = {k: sum(t["phases"].get(k, 0.0) for t in trials) / len(trials) for k in PHASES}
-  return {"layout": layout, "cache": cache, "trials": len(trials), "steps": args.steps, "wall_s": wall,
+  return {"layout": layout, "cache": cache, "init": init, "trials": len(trials), "steps": args.steps, "wall_s": wall,
           "trials_per_hour": 3600 * len(trials) / wall, "per_trial": {**fixed, **phases},
           "per_trial_detail": trials, "processes": processes}
 
 
 def report(results: list[dict]) -> str:
   cols = ("start", "import") + PHASES
-  head = "| run | cache | " + " | ".join(cols) + " | s/trial | trials/h |"
-  lines = [head, "|" + "---|" * (len(cols) + 4)]
+  head = "| run | cache | init | " + " | ".join(cols) + " | s/trial | trials/h |"
+  lines = [head, "|" + "---|" * (len(cols) + 5)]
   for r in results:
     p = r["per_trial"]
-    lines.append(f"| {r['layout']} | {r['cache']} | " + " | ".join(f"{p[c]:.2f}" for c in cols)
+    lines.append(f"| {r['layout']} | {r['cache']} | {r['init']} | " + " | ".join(f"{p[c]:.2f}" for c in cols)
                  + f" | {r['wall_s'] / r['trials']:.1f} | {r['trials_per_hour']:.0f} |")
   lines.append("")
   for r in results:
     acc = ", ".join(f"{t['trial']} {t['eval_accuracy']:.4f} ({t['compiles']} jit compiles, RSS {t['rss_mb']:.0f} MB)"
                     for t in r["per_trial_detail"])
-    lines.append(f"{r['layout']}/{r['cache']}: {acc}")
+    lines.append(f"{r['layout']}/{r['cache']}/{r['init']}: {acc}")
   return "\n".join(lines)
 
 
@@ -266,11 +276,11 @@ def main(argv=None) -> int:
   os.makedirs(scratch, exist_ok=True)
   results = []
   try:
-    for layout in args.runs.split(","):
-      for cache in args.cache.split(","):
-        r = run(args, layout, cache, scratch)
+    for layout, cache, init in ((lo, c, i) for i in args.init.split(",") for lo in args.runs.split(",")
+                                for c in args.cache.split(",")):
+        r = run(args, layout, cache, init, scratch)
         results.append(r)
-        print(f"{layout}/{cache}: {r['wall_s']:.1f} s for {r['trials']} trials, {r['trials_per_hour']:.0f} "
+        print(f"{layout}/{cache}/{init}: {r['wall_s']:.1f} s for {r['trials']} trials, {r['trials_per_hour']:.0f} "
               "trials/hour", flush=True)
         if args.json:
           with open(args.json, "a") as f:
