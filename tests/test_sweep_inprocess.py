@@ -104,13 +104,13 @@ def test_a_crashing_trial_fails_alone(tmp_path):
 
 def test_skip_goes_on_records_failures_and_the_rerun_retries_them(tmp_path):
   c = sweep_config()
-  with pytest.raises(SweepError, match=r"1 trial\(s\) failed.*AnyNetX_A-001.*rerun"):
+  with pytest.raises(SweepError, match=r"1 trial\(s\) failed.*RegNet-000.*rerun"):  # 2nd in round-robin order
     run_sweep(c, str(tmp_path), FakeTrainer(fail_on_call=2), on_error="skip")
   assert len(results.read_records(results.results_path(str(tmp_path)))) == 5
   failures = results.read_records(str(tmp_path / "failures.jsonl"))
-  assert [f["trial"] for f in failures] == ["AnyNetX_A-001"] and "simulated crash" in failures[0]["error"]
+  assert [f["trial"] for f in failures] == ["RegNet-000"] and "simulated crash" in failures[0]["error"]
   again = FakeTrainer()
-  assert [r["trial"] for r in run_sweep(c, str(tmp_path), again, on_error="skip")] == ["AnyNetX_A-001"]
+  assert [r["trial"] for r in run_sweep(c, str(tmp_path), again, on_error="skip")] == ["RegNet-000"]
   with pytest.raises(SweepError, match="on_error"):
     run_sweep(c, str(tmp_path), again, on_error="ignore")
 

@@ -8,7 +8,8 @@ import ml_collections
 import pytest
 
 from regnet_jax.sweep import results
-from regnet_jax.sweep.runner import (Shard, SweepError, parse_shard, plan_trials, run_sweep, trial_train_config)
+from regnet_jax.sweep.runner import (Shard, SweepError, parse_shard, plan_trials, round_robin, run_sweep,
+                                     trial_train_config)
 from regnet_jax.specs_io import spec_from_json
 
 
@@ -69,7 +70,7 @@ def test_records_and_resume_skips_finished_trials(tmp_path):
   written = run_sweep(c, str(tmp_path), fake)
   assert len(fake.calls) == 6 and len(written) == 6
   recs = results.read_records(results.results_path(str(tmp_path)))
-  assert [r["trial"] for r in recs] == [t.trial_id for t in plan_trials(c)]
+  assert [r["trial"] for r in recs] == [t.trial_id for t in round_robin(plan_trials(c))]
   r = recs[0]
   assert {"trial", "spec", "flops", "params", "acts", "final_error", "best_error", "seconds"} <= set(r)
   assert math.isclose(r["final_error"] - r["best_error"], 1.0)
@@ -86,7 +87,8 @@ def test_crash_mid_sweep_resumes_with_the_unfinished_trials(tmp_path):
   assert len(results.read_records(results.results_path(str(tmp_path)))) == 3
   resumed = FakeTrainer()
   run_sweep(c, str(tmp_path), resumed)
-  assert [os.path.basename(w) for w in resumed.calls] == ["RegNet-000", "RegNet-001", "RegNet-002"]
+  # round-robin order: A-000, RegNet-000, A-001 finished before the crash in RegNet-001; the rest, round-robin
+  assert [os.path.basename(w) for w in resumed.calls] == ["AnyNetX_A-002", "RegNet-001", "RegNet-002"]
   assert len(results.read_records(results.results_path(str(tmp_path)))) == 6
 
 
@@ -156,3 +158,13 @@ def test_a_changed_config_is_refused(tmp_path):
   c.seed = 1
   with pytest.raises(SweepError, match="new --workdir"):
     run_sweep(c, str(tmp_path), FakeTrainer())
+
+
+def test_shards_train_round_robin_over_spaces_so_a_partial_sweep_is_balanced(tmp_path):
+  c = sweep_config(n=4)  # AnyNetX_A-000..003 are trials 0-3, RegNet-000..003 are 4-7
+  trainer = FakeTrainer()
+  run_sweep(c, str(tmp_path), trainer, Shard(0, 2))  # owns 0, 2, 4, 6
+  ran = [os.path.basename(w) for w in trainer.calls]
+  assert ran == ["AnyNetX_A-000", "RegNet-000", "AnyNetX_A-002", "RegNet-002"]
+  assert [t.trial_id for t in round_robin(plan_trials(c))][:4] == ["AnyNetX_A-000", "RegNet-000", "AnyNetX_A-001",
+                                                                  "RegNet-001"]

@@ -10,7 +10,8 @@ A sweep config (ml_collections, see configs/sweeps/) holds:
            a regime's geometry is stated once and exercise sweeps derived from the config inherit it
   train    the training config every trial starts from; each trial sets `train.model_spec`
 
-Trial i (global index, spaces in config order) belongs to shard i % N. Reruns skip trials already recorded, so a
+Trial i (global index, spaces in config order) belongs to shard i % N; a shard trains its trials round-robin over
+the spaces (`round_robin`), so a partial sweep is balanced. Reruns skip trials already recorded, so a
 crashed or preempted sweep resumes where it stopped, and shards in separate directories merge by reading them all.
 How each trial is trained (in this process or in a child per trial) is the TrainFn's business: see trials.py.
 """
@@ -94,6 +95,18 @@ def plan_trials(config) -> tuple[Trial, ...]:
   return tuple(trials)
 
 
+def round_robin(trials) -> list[Trial]:
+  """Trials in the order a sweep trains them: the first model of every space, then the second of every space, ...
+  so a sweep stopped part-way (one that spans sessions) has compared all its spaces on nearly equal numbers of
+  models, instead of having finished the first spaces only. Which shard owns a trial does not change."""
+  position, seen, order = {}, {}, {}
+  for t in sorted(trials, key=lambda t: t.index):
+    order.setdefault(t.sample.space, len(order))
+    position[t.index] = seen.get(t.sample.space, 0)
+    seen[t.sample.space] = position[t.index] + 1
+  return sorted(trials, key=lambda t: (position[t.index], order[t.sample.space]))
+
+
 def trial_train_config(train_config, sample: Sample):
   """The sweep's training config with `model_spec` (JSON, see specs_io) set to the sampled model; the base config
   is not modified."""
@@ -154,7 +167,7 @@ def run_sweep(config, workdir: str, train_fn: TrainFn, shard: Shard = Shard(),
       raise SweepError(f"{results_path(workdir)} records trial {t.trial_id} of sweep {config.name!r} with another "
                        "model than the config samples now (the config changed since); use a new --workdir or "
                        "restore the config")
-  todo = [t for t in mine if t.trial_id not in done]
+  todo = round_robin([t for t in mine if t.trial_id not in done])
   log(f"sweep {config.name}: {len(trials)} trials, shard {shard.index}/{shard.count} owns {len(mine)}, "
       f"{len(mine) - len(todo)} already finished, {len(todo)} to run")
   written, failed = [], []
