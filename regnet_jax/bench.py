@@ -68,6 +68,7 @@ def bench(model: str, *, batch_size: int = 128, image_size: int = 224, channels:
   tx = optim.make_optimizer(c, steps_per_epoch=1000)
   kw = dict(model=net, tx=tx, info=info, image_size=image_size)
   rng = jax.random.key(0)
+  rss_before_state = peak_rss_mb()  # the runtime: interpreter, JAX, XLA, oneDNN, the model's Python objects
   state = steps.create_train_state(rng, mesh, **kw)
   cfg = steps.StepConfig(image_size=image_size)
   data = np.random.default_rng(0)
@@ -97,6 +98,7 @@ def bench(model: str, *, batch_size: int = 128, image_size: int = 224, channels:
       jax.block_until_ready(compiled(state.params, state.batch_stats, batch))
       return state
 
+  rss_before_steps = peak_rss_mb()
   for _ in range(warmup):
     state = run(state)
   times, round_medians, faults = [], [], 0
@@ -124,7 +126,24 @@ def bench(model: str, *, batch_size: int = 128, image_size: int = 224, channels:
           "devices": jax.device_count(), "jax": jax.__version__, "compile_s": compile_s, "step_s_median": med,
           "step_s_min": min(times), "img_per_s": batch_size / med, "gflop_s": gflop_s,
           "minor_faults_per_step": faults, "peak_rss_mb": peak_rss_mb(),
+          "memory_mb": memory_breakdown(compiled, rss_before_state, rss_before_steps),
           "glibc_tunables": os.environ.get("GLIBC_TUNABLES", "")}  # set by runtime.py; the PyTorch child shares them
+
+
+def memory_breakdown(compiled, rss_before_state: float, rss_before_steps: float) -> dict:
+  """Where the step's peak resident memory goes (MB): the process before the train state exists, its peak once
+  compiled (the state, the batch, the compiler's own peak), and XLA's buffer assignment of the step: arguments,
+  outputs (donated arguments alias them) and the temporaries block (activations kept for the backward pass plus
+  scratch), which the retained heap (runtime.py) keeps resident between steps."""
+  out = {"rss_before_state": rss_before_state, "rss_before_steps": rss_before_steps}
+  stats = compiled.memory_analysis()
+  if stats is not None:
+    for name in ("argument_size_in_bytes", "output_size_in_bytes", "alias_size_in_bytes", "temp_size_in_bytes",
+                 "generated_code_size_in_bytes"):
+      value = getattr(stats, name, None)
+      if value is not None:
+        out["xla_" + name.removesuffix("_size_in_bytes")] = value / 2**20
+  return out
 
 
 def torch_reference(args) -> dict:
@@ -194,6 +213,8 @@ def main(argv=None) -> int:
           f"| {r['img_per_s']:.1f} img/s | {r['gflop_s']:.0f} GFLOP/s"
           + (f" ({100 * r['fraction_of_peak']:.0f}% of peak)" if "fraction_of_peak" in r else "")
           + f" | peak RSS {r['peak_rss_mb']:.0f} MB")
+    m = r["memory_mb"]
+    print("  memory (MB): " + ", ".join(f"{k} {v:.0f}" for k, v in m.items()))
     if a.compare_torch:
       t = r["torch"]
       print(f"  {t['impl']} (torch {t['torch']}): {t['img_per_s']:.1f} img/s -> ratio {r['ratio_to_torch']:.2f}x"

@@ -24,6 +24,8 @@ def test_bench_reports_the_step():
   assert r["compile_s"] > 0 and 0 < r["step_s_min"] <= r["step_s_median"]
   assert r["img_per_s"] == pytest.approx(8 / r["step_s_median"])
   assert r["peak_rss_mb"] > 100
+  m = r["memory_mb"]  # the step's activations at batch 8, 32x32: a few MB of XLA temporaries, under the peak
+  assert 0 < m["xla_temp"] < r["peak_rss_mb"] and 0 < m["rss_before_state"] <= m["rss_before_steps"]
   # 3 x forward multiply-adds x 2 flops per image (issue 5's convention), from the analytic complexity
   macs = complexity.complexity(zoo.get_spec("regnetx32"), image_size=32, channels=1, num_classes=10).flops
   assert r["gflop_s"] == pytest.approx(6 * macs * r["img_per_s"] / 1e9)
