@@ -69,7 +69,7 @@ def state_shardings(abstract_state, mesh):
 
 
 # The init program runs once per run, but XLA:CPU's default LLVM optimisation of its random-initialiser kernels took
-# 10-14 s of a short sweep trial's ~25 s of compiles (4-8 MF models, 2026-12-07); at level 0 it compiles in 4-6 s.
+# 10-14 s of a short sweep trial's ~25 s of compiles (4-8 MF models, 2026-12-07); at level 0, 2.7 s (trial_cost.py).
 # Its values may differ from the optimised program's in the last bit (as eager init's already do).
 INIT_COMPILER_OPTIONS = {"cpu": {"xla_backend_optimization_level": 0}}
 

@@ -6,8 +6,8 @@ Regime chosen by the pilot (docs/sweeps/fmnist_progression/README.md has its num
   pixel, where a 3x3 conv sees no neighbourhood and the ordering principles (D, E) lose their meaning.
 - Complexity: FLOPS_MF multiply-adds at that geometry (the paper's 400MF regime scaled to the machine).
 - Budget: STEPS steps at batch 128 with the d2l RegNetX32 recipe (SGD Nesterov 0.9, lr 0.1 cosine with a short
-  warm-up, wd 5e-4, flips), the same for every space; the pilot's rank correlation against a 2x longer budget is
-  the evidence that rankings are stable at it.
+  warm-up, wd 5e-4, flips), the same for every space. The pilot's evidence that rankings are stable at it:
+  Spearman 0.92 between 469 and 938 steps over 24 models.
 
   python -m regnet_jax.sweep --config=configs/sweeps/fmnist_progression.py --plan
   for i in 0 1; do OMP_NUM_THREADS=1 python -m regnet_jax.sweep --config=configs/sweeps/fmnist_progression.py \
