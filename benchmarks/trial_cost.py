@@ -295,5 +295,5 @@ def main(argv=None) -> int:
 if __name__ == "__main__":
   if "--child" in " ".join(sys.argv):
     from regnet_jax import runtime as _runtime
-    _runtime.reexec_with_malloc_tunables()  # as the sweep CLI: the train step's speed depends on it
+    _runtime.reexec_with_allocator()  # as the sweep CLI: the train step's speed depends on it
   sys.exit(main())

@@ -8,7 +8,7 @@ The step timed is `regnet_jax.steps.train_step` exactly as training runs it (on-
 backward, SGD update, BN statistics, state donated); only the input is random uint8 images already on the device
 at the model's resolution. Prints compile seconds, median and min step seconds, img/s, achieved GFLOP/s (and with
 --peak-gflops from benchmarks/peak.py the fraction of the machine's GEMM peak) and peak RSS (`--json`
-adds page faults per step and the glibc malloc tunables the process ran with, see regnet_jax/runtime.py).
+adds page faults per step and the allocator settings the process ran with, see regnet_jax/runtime.py).
 `--compare-torch` also times the same network in PyTorch eager (channels_last; with --half-precision under
 torch.autocast bfloat16) in a subprocess with the same environment, in the same run, and prints the ratio.
 """
@@ -27,7 +27,7 @@ import time
 if __name__ == "__main__":
   # Before JAX is imported: the re-exec (regnet_jax/runtime.py) would otherwise import it twice.
   from regnet_jax import runtime
-  runtime.reexec_with_malloc_tunables()
+  runtime.reexec_with_allocator()
 
 import jax
 import jax.numpy as jnp
@@ -127,14 +127,15 @@ def bench(model: str, *, batch_size: int = 128, image_size: int = 224, channels:
           "step_s_min": min(times), "img_per_s": batch_size / med, "gflop_s": gflop_s,
           "minor_faults_per_step": faults, "peak_rss_mb": peak_rss_mb(),
           "memory_mb": memory_breakdown(compiled, rss_before_state, rss_before_steps),
-          "glibc_tunables": os.environ.get("GLIBC_TUNABLES", "")}  # set by runtime.py; the PyTorch child shares them
+          # Set by runtime.py (REGNET_JAX_MALLOC); the PyTorch child shares them.
+          "glibc_tunables": os.environ.get("GLIBC_TUNABLES", ""), "ld_preload": os.environ.get("LD_PRELOAD", "")}
 
 
 def memory_breakdown(compiled, rss_before_state: float, rss_before_steps: float) -> dict:
   """Where the step's peak resident memory goes (MB): the process before the train state exists, its peak once
   compiled (the state, the batch, the compiler's own peak), and XLA's buffer assignment of the step: arguments,
   outputs (donated arguments alias them) and the temporaries block (activations kept for the backward pass plus
-  scratch), which the retained heap (runtime.py) keeps resident between steps."""
+  scratch), which the block cache or the retained heap (runtime.py) keeps resident between steps."""
   out = {"rss_before_state": rss_before_state, "rss_before_steps": rss_before_steps}
   stats = compiled.memory_analysis()
   if stats is not None:

@@ -10,17 +10,20 @@ re-executes itself once with GLIBC_TUNABLES extended; the process keeps its PID,
 handling are unaffected. Nothing happens off Linux/glibc, where THP is off ("[never]"), when the tunable is
 already set, or with REGNET_JAX_THP=0.
 
-Keeping freed memory (`REGNET_JAX_MALLOC`). Even with huge pages, a fresh mmap per step means the kernel zeroes
-every page of the step's temporaries again (600-800 huge-page faults per regnetx32 step). With
-`glibc.malloc.mmap_max=0` (big blocks come from the heap), an unbounded `trim_threshold` (freed heap is not handed
-back) and `arena_max=1` (XLA's worker threads allocate from that same heap) the block is reused: ~20-50 faults
-per step instead of 600-800, the regnetx32 train step 5-8% faster in the benchmark and the 2-epoch Fashion-MNIST
-job 8% faster end to end (measured, see README "Performance"), for a resident size that stays at its peak: 5.1 GB
-instead of 1.4 GB for that job (the train and eval steps' blocks and the heap's fragmentation).
-`REGNET_JAX_MALLOC=retain` always does this, `system` never, `auto` (the default) only where JAX will run on the
-CPU (JAX_PLATFORMS=cpu, or unset on a machine with no NVIDIA GPU or TPU device nodes) and the machine has at least
-16 GiB of memory: on accelerator hosts the big buffers live on the device and one malloc arena could slow a
-threaded input pipeline; on a small laptop the extra resident gigabytes cost more than 8% of speed.
+Keeping freed big blocks (`REGNET_JAX_MALLOC`). Even with huge pages, a fresh mmap per step means the kernel
+zeroes every page of the step's temporaries again (~500 huge-page faults per regnetx32 step, 10-15% of the step).
+- `blocks` (what `auto` picks where JAX runs on the CPU: JAX_PLATFORMS=cpu, or unset on a machine with no NVIDIA
+  GPU or TPU device nodes): LD_PRELOAD of regnet_jax/csrc/block_cache.c, built here with the C compiler once per
+  source and CPU, which keeps freed blocks of >= 32 MB mapped and hands them to the next step; smaller blocks go to
+  glibc unchanged. The step is as fast as with `retain` and the resident size stays that of `system` (regnetx32
+  b128 96 px: 1.07-1.09 GB against 2.2-2.9 GB; measured, see README "Performance").
+- `retain`: glibc alone keeps freed memory: `glibc.malloc.mmap_max=0` (big blocks come from the heap), an unbounded
+  `trim_threshold` and `arena_max=1` (XLA's worker threads allocate from that same heap). As fast, but the heap
+  fragments around the reused block: 2.2-2.9 GB resident for that step, 5.1 GB for the 2-epoch Fashion-MNIST job.
+  `auto` falls back to it where the library cannot be built (no C compiler) or the user preloads another library
+  (LD_PRELOAD set: their allocator wins), on machines with >= 16 GiB.
+- `system`: glibc's defaults (plus huge pages).
+On accelerator hosts the big buffers live on the device, so `auto` changes nothing there but huge pages.
 """
 from __future__ import annotations
 
@@ -31,7 +34,11 @@ import sys
 
 HUGETLB_TUNABLE = "glibc.malloc.hugetlb=1"
 RETAIN_TUNABLES = ("glibc.malloc.mmap_max=0", f"glibc.malloc.trim_threshold={1 << 40}", "glibc.malloc.arena_max=1")
-MALLOC_MODES = ("auto", "retain", "system")
+MALLOC_MODES = ("auto", "blocks", "retain", "system")
+BLOCK_CACHE_SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "csrc", "block_cache.c")
+BLOCK_CACHE_NAME = "libregnet_block_cache.so"
+BLOCK_CACHE_SETTINGS = {"REGNET_JAX_BLOCK_MIN_MB": "the smallest block kept, in MB, default 32",
+                        "REGNET_JAX_BLOCK_CACHE": "how many free blocks are kept, default 3; 0 keeps none"}
 THP_MODE_FILE = "/sys/kernel/mm/transparent_hugepage/enabled"
 ACCELERATOR_NODES = ("/dev/nvidia[0-9]*", "/dev/accel[0-9]*", "/dev/vfio/[0-9]*")
 RETAIN_MIN_MEMORY = 16 << 30
@@ -45,32 +52,91 @@ def runs_on_cpu(environ: dict[str, str], *, accelerator_nodes: bool) -> bool:
   return not accelerator_nodes
 
 
-def malloc_tunables_env(environ: dict[str, str], *, thp_mode: str | None, libc: str,
-                        accelerator_nodes: bool = False, memory_bytes: int = RETAIN_MIN_MEMORY
-                        ) -> dict[str, str] | None:
-  """The environment to re-execute with, or None when nothing should change (see the module docstring)."""
+def allocator_env(environ: dict[str, str], *, thp_mode: str | None, libc: str, accelerator_nodes: bool = False,
+                  memory_bytes: int = RETAIN_MIN_MEMORY, block_cache: str | None = None) -> dict[str, str] | None:
+  """The environment to re-execute with, or None when nothing should change (see the module docstring).
+  `block_cache` is the path of the built block-cache library, None where it could not be built."""
   mode = environ.get("REGNET_JAX_MALLOC", "auto") or "auto"
   if mode not in MALLOC_MODES:
     raise ValueError(f"REGNET_JAX_MALLOC={mode!r} is not one of {', '.join(MALLOC_MODES)}; unset it for auto")
+  for name in BLOCK_CACHE_SETTINGS:
+    value = environ.get(name, "")
+    if value and not (value.isdigit() and (int(value) > 0 or name == "REGNET_JAX_BLOCK_CACHE")):
+      raise ValueError(f"{name}={value!r} is not a {'non-negative' if name == 'REGNET_JAX_BLOCK_CACHE' else 'positive'}"
+                       f" integer ({BLOCK_CACHE_SETTINGS[name]}); unset it for the default")
   if libc != "glibc":
     return None
+  preload = environ.get("LD_PRELOAD", "")
+  if mode == "blocks" and block_cache is None:
+    raise ValueError("REGNET_JAX_MALLOC=blocks, but the block-cache library could not be built (needs a C "
+                     "compiler, $CC or cc/gcc); install one (e.g. `apt-get install gcc`) or use "
+                     "REGNET_JAX_MALLOC=retain or system")
+  if mode == "auto":
+    on_cpu = runs_on_cpu(environ, accelerator_nodes=accelerator_nodes)
+    if not on_cpu:
+      mode = "system"
+    elif block_cache is not None and (not preload or block_cache in preload.split()):
+      mode = "blocks"
+    else:
+      mode = "retain" if memory_bytes >= RETAIN_MIN_MEMORY else "system"
   want = []
   if environ.get("REGNET_JAX_THP", "1") != "0" and thp_mode is not None and "[never]" not in thp_mode:
     want.append(HUGETLB_TUNABLE)
-  if mode == "retain" or (mode == "auto" and memory_bytes >= RETAIN_MIN_MEMORY
-                          and runs_on_cpu(environ, accelerator_nodes=accelerator_nodes)):
+  if mode == "retain":
     want.extend(RETAIN_TUNABLES)
   tunables = environ.get("GLIBC_TUNABLES", "")
   # A tunable the user set (to any value) is left alone; so are ours after the re-exec, so there is no exec loop.
   present = {part.split("=")[0] for part in tunables.split(":")}
   missing = [t for t in want if t.split("=")[0] not in present]
-  if not missing:
+  env = dict(environ)
+  if missing:
+    env["GLIBC_TUNABLES"] = ":".join([tunables] + missing if tunables else missing)
+  if mode == "blocks" and block_cache not in preload.split():
+    # First, so that its malloc is the one every library binds to.
+    env["LD_PRELOAD"] = f"{block_cache} {preload}".strip()
+  return env if env != environ else None
+
+
+def build_block_cache() -> str | None:
+  """Compiles regnet_jax/csrc/block_cache.c once per source, compiler and CPU into the cache directory; its path,
+  or None where there is no C compiler or the build fails (then `auto` uses glibc alone)."""
+  import hashlib
+  import shutil
+  import subprocess
+  import tempfile
+  cc = os.environ.get("CC") or next((c for c in ("cc", "gcc") if shutil.which(c)), None)
+  if cc is None or shutil.which(cc) is None:
     return None
-  return dict(environ, GLIBC_TUNABLES=":".join([tunables] + missing if tunables else missing))
+  try:
+    with open(BLOCK_CACHE_SOURCE, "rb") as f:
+      source = f.read()
+  except OSError:
+    return None
+  key = hashlib.sha256(source + cc.encode() + cpu_description().encode()).hexdigest()[:16]
+  out = os.path.join(cache_root(), f"block_cache-{key}", BLOCK_CACHE_NAME)
+  if os.path.exists(out):
+    return out
+  try:
+    os.makedirs(os.path.dirname(out), exist_ok=True)
+    # A temporary name, then a rename: concurrent builders never preload a half-written library.
+    fd, tmp = tempfile.mkstemp(suffix=".so", dir=os.path.dirname(out))
+    os.close(fd)
+    proc = subprocess.run([cc, "-O2", "-shared", "-fPIC", BLOCK_CACHE_SOURCE, "-o", tmp, "-lpthread", "-ldl"],
+                          capture_output=True, text=True, timeout=120)
+    if proc.returncode:
+      os.unlink(tmp)
+      print(f"note: building {BLOCK_CACHE_SOURCE} failed, using glibc's allocator alone:\n{proc.stderr[-2000:]}",
+            file=sys.stderr)
+      return None
+    os.replace(tmp, out)
+  except (OSError, subprocess.SubprocessError) as e:
+    print(f"note: could not build the block cache ({e}); using glibc's allocator alone", file=sys.stderr)
+    return None
+  return out
 
 
-def reexec_with_malloc_tunables() -> None:
-  """Re-executes this process once with the glibc malloc tunables it lacks (see the module docstring)."""
+def reexec_with_allocator() -> None:
+  """Re-executes this process once with the allocator settings it lacks (see the module docstring)."""
   if sys.platform != "linux" or not getattr(sys, "orig_argv", None):
     return
   try:
@@ -83,8 +149,11 @@ def reexec_with_malloc_tunables() -> None:
     memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
   except (ValueError, OSError):
     memory = 0
-  env = malloc_tunables_env(dict(os.environ), thp_mode=mode, libc=platform.libc_ver()[0], accelerator_nodes=nodes,
-                            memory_bytes=memory)
+  libc = platform.libc_ver()[0]
+  wants_blocks = (os.environ.get("REGNET_JAX_MALLOC", "auto") or "auto") in ("auto", "blocks")
+  block_cache = build_block_cache() if libc == "glibc" and wants_blocks else None
+  env = allocator_env(dict(os.environ), thp_mode=mode, libc=libc, accelerator_nodes=nodes, memory_bytes=memory,
+                      block_cache=block_cache)
   if env is None:
     return
   sys.stdout.flush()

@@ -14,6 +14,9 @@ fi
 # Compile the oneDNN convolution extension now rather than on the first training step (x86-64 Linux; elsewhere
 # it says why not and conv_impl=auto uses the pure-XLA formulations).
 .venv/bin/python -m regnet_jax.onednn || echo "note: conv_impl=onednn unavailable; auto falls back to XLA" >&2
+# The allocator's block cache (regnet_jax/runtime.py), which the entry points preload; a second's build otherwise
+# done by the first command.
+.venv/bin/python -c "from regnet_jax import runtime; runtime.build_block_cache()" || true
 # Fashion-MNIST's four IDX files from Debian (offline); without apt (or root) the TFDS download path is used.
 if [ ! -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ]; then
   if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then

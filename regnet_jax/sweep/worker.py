@@ -48,5 +48,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  runtime.reexec_with_malloc_tunables()
+  runtime.reexec_with_allocator()
   app.run(main)
