@@ -49,7 +49,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from regnet_jax import onednn
+from regnet_jax import conv_autotune, onednn
 
 _DN = ("NHWC", "HWIO", "NHWC")
 _LOW_PRECISION = (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
@@ -271,10 +271,12 @@ CONV_IMPLS: tuple[str, ...] = tuple(_PUBLIC)
 
 # --------------------------------------------------------------------------------------------------------------
 
-def resolve_impl(impl: str, *, k, stride, groups, cin, cout, spatial, backend=None, dtype=jnp.float32) -> str:
+def resolve_impl(impl: str, *, k, stride, groups, cin, cout, spatial, backend=None, dtype=jnp.float32,
+                 batch: int | None = None) -> str:
   """The concrete impl that `impl` means for this layer; "auto" picks per platform, shape and dtype.
 
-  spatial: input height (int) or (height, width); backend: defaults to jax.default_backend().
+  spatial: input height (int) or (height, width); backend: defaults to jax.default_backend(); batch: the layer's
+  batch, which on GPU lets "auto" time the grouped candidates (regnet_jax/conv_autotune.py); without it, xla.
   """
   backend = backend or jax.default_backend()
   if impl in ("onednn", "onednn_blocked") and backend != "cpu":
@@ -312,12 +314,14 @@ def resolve_impl(impl: str, *, k, stride, groups, cin, cout, spatial, backend=No
     if groups == 1 and stride == 1:
       return "xla"
     return "custom_vjp"  # strided dense, depthwise, strided 2-group
-  # GPU / TPU: NOT measured (no accelerator here). Vendor convs (cuDNN, TPU conv units) are good for dense and
-  # 1x1 convs, so keep xla there. jax#13800 / jax#26266 report grouped and depthwise backward passes on CUDA as
-  # slow as (or slower than) the dense conv, so for a few groups a dense cuDNN conv per group (split) should win;
-  # with many groups split launches too many small kernels, keep xla. TPU: XLA lowers grouped convs itself; xla.
-  if backend in ("gpu", "cuda", "rocm") and groups > 1 and cin_g > 1 and groups <= 8:
-    return "split"
+  # GPU: vendor convs (cuDNN) are good for dense and 1x1 convs, so xla there. Grouped convs' backward pass is slow
+  # on CUDA (jax#13800, jax#26266), so a dense cuDNN conv per group (split) can win, by an amount no rule fitted
+  # here could know (no accelerator): they are timed on the device, once per layer shape, and xla is kept unless
+  # a candidate is >= 5% faster (conv_autotune). TPU: XLA lowers grouped convs itself; xla.
+  if backend in ("gpu", "cuda", "rocm") and groups > 1 and batch is not None:
+    h, w = (spatial, spatial) if isinstance(spatial, int) else spatial
+    return conv_autotune.choose(conv_autotune.ConvShape(k=k, stride=stride, groups=groups, cin=cin, cout=cout,
+                                                        h=h, w=w, batch=batch, dtype=jnp.dtype(dtype).name))
   return "xla"
 
 
@@ -339,8 +343,9 @@ def conv2d(x, kernel, *, stride: int = 1, groups: int = 1, impl: str = "xla"):
 
   Output (N, (H-1)//stride+1, (W-1)//stride+1, Cout) in x.dtype. impl: one of CONV_IMPLS or "auto".
   """
-  _, h, w, cin, k, _, cout, _, _ = _geometry(x, kernel, stride, groups)
-  name = resolve_impl(impl, k=k, stride=stride, groups=groups, cin=cin, cout=cout, spatial=(h, w), dtype=x.dtype)
+  n, h, w, cin, k, _, cout, _, _ = _geometry(x, kernel, stride, groups)
+  name = resolve_impl(impl, k=k, stride=stride, groups=groups, cin=cin, cout=cout, spatial=(h, w), dtype=x.dtype,
+                      batch=n)
   if name == "custom_vjp":
     return _custom_vjp(x, kernel, stride, groups)
   return _PUBLIC[name](x, kernel, stride, groups).astype(x.dtype)

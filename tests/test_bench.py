@@ -100,5 +100,18 @@ def test_device_check_logic_on_the_cpu(tmp_path):
   assert "device: cpu" in r.stdout and "ours regnetx_200mf f32 split:" in r.stdout
   bad = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "device_check.py"), "--impls=onednn",
                         "--models=regnetx33"], capture_output=True, text=True, env=env)
-  assert bad.returncode == 2 and "'onednn' is not one of xla, split, custom_vjp, im2col" in bad.stderr
+  assert bad.returncode == 2 and "'onednn' is not one of xla, auto, split, custom_vjp, im2col" in bad.stderr
   assert "closest: regnetx32" in bad.stderr
+
+
+def test_device_check_flags_auto_slower_than_xla():
+  import importlib.util
+  spec = importlib.util.spec_from_file_location("device_check", os.path.join(ROOT, "benchmarks", "device_check.py"))
+  dc = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(dc)
+  row = lambda m, d, impl, ips: {"kind": "ours", "model": m, "dtype": d, "conv_impl": impl, "img_per_s": ips}
+  rows = [row("a", "f32", "xla", 100.0), row("a", "f32", "auto", 96.0), row("a", "bf16", "xla", 100.0),
+          row("a", "bf16", "auto", 90.0), row("b", "f32", "auto", 50.0),
+          {"kind": "ours", "model": "b", "dtype": "f32", "which": "xla", "error": "OOM"}]
+  got = {(c["model"], c["dtype"]): (round(c["ratio"], 2), c["ok"]) for c in dc.auto_vs_xla(rows)}
+  assert got == {("a", "f32"): (0.96, True), ("a", "bf16"): (0.9, False)}
