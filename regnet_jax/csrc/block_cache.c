@@ -11,9 +11,12 @@ This library keeps the big blocks out of the heap instead: requests of at least 
 2 MiB-aligned mapping with transparent huge pages; a freed one is kept and handed to the next request of about
 the same size (the next step's). Everything smaller goes to glibc's own allocator unchanged.
 
-Two policies bound what is kept:
-- At most REGNET_JAX_BLOCK_CACHE (default 3) free blocks, least recently used unmapped first: a training process
-  alternates its train and eval steps' blocks; a third covers a program run once (the state's init).
+Three policies bound what is kept:
+- A request that no kept block fits unmaps every kept block before it maps its own: a program whose blocks are
+  all kept never misses, so a miss means another program runs now (training's eval step, then training again),
+  and the old blocks would only add to the resident size. The resident size is then what is live, as with
+  glibc's own mmaps; each change of phase maps its block once (per eval, not per step).
+- At most REGNET_JAX_BLOCK_CACHE (default 3) free blocks, least recently used unmapped first.
 - When a block is freed while another block of the same size is live, it is unmapped, not kept. That happens when
   a step starts before its predecessor has released its block (JAX dispatches step n+1 as soon as step n's outputs
   are ready, and the release comes just after): keeping both would leave two blocks resident for good.
@@ -94,7 +97,22 @@ static void *big_alloc(size_t n, int *fresh) {
     *fresh = 0;
     return blocks[best].ptr;
   }
+  /* A miss: the free blocks kept are of other sizes (another program's: the eval step's while training resumes,
+     the state's init). Unmap them before mapping this one, so that what stays resident is what is live, as under
+     glibc; a phase that comes back (the next epoch's eval) maps its block again, once. */
+  void *evict[MAX_BLOCKS];
+  size_t evict_len[MAX_BLOCKS];
+  int nevict = 0;
+  for (int i = 0; i < nslots; i++) {
+    block_t *b = &blocks[i];
+    if (b->ptr && !b->live) {
+      evict[nevict] = b->ptr;
+      evict_len[nevict++] = b->len;
+      __atomic_store_n(&b->ptr, NULL, __ATOMIC_RELEASE);
+    }
+  }
   pthread_mutex_unlock(&lock);
+  for (int i = 0; i < nevict; i++) munmap(evict[i], evict_len[i]);
   void *p = map_aligned(len);
   if (!p) return NULL;
   pthread_mutex_lock(&lock);
