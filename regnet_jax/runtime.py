@@ -150,7 +150,10 @@ def reexec_with_allocator() -> None:
   except (ValueError, OSError):
     memory = 0
   libc = platform.libc_ver()[0]
-  wants_blocks = (os.environ.get("REGNET_JAX_MALLOC", "auto") or "auto") in ("auto", "blocks")
+  mode_asked = os.environ.get("REGNET_JAX_MALLOC", "auto") or "auto"
+  # Built only where it can be used: not on accelerator hosts, where auto leaves malloc to glibc.
+  wants_blocks = mode_asked == "blocks" or (mode_asked == "auto"
+                                            and runs_on_cpu(dict(os.environ), accelerator_nodes=nodes))
   block_cache = build_block_cache() if libc == "glibc" and wants_blocks else None
   env = allocator_env(dict(os.environ), thp_mode=mode, libc=libc, accelerator_nodes=nodes, memory_bytes=memory,
                       block_cache=block_cache)
