@@ -16,6 +16,7 @@ torch.autocast bfloat16) in a subprocess with the same environment, in the same 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import resource
@@ -23,6 +24,7 @@ import statistics
 import subprocess
 import sys
 import time
+from typing import Callable
 
 if __name__ == "__main__":
   # Before JAX is imported: the re-exec (regnet_jax/runtime.py) would otherwise import it twice.
@@ -50,11 +52,22 @@ def step_flops_per_image(spec, mode: str, *, image_size: int, channels: int = 3,
   return (3 if mode == "train" else 1) * 2 * macs
 
 
-def bench(model: str, *, batch_size: int = 128, image_size: int = 224, channels: int = 3, num_classes: int = 1000,
-          conv_impl: str = "auto", bn_impl: str = "auto", half_precision: bool = False, scan_blocks: bool = False, mode: str = "train",
-          steps_: int = 10, warmup: int = 2, rounds: int = 1, between_rounds=None) -> dict:
-  """Times `steps_` steps after `warmup`, `rounds` times; `between_rounds(i)` runs after round i (the PyTorch
-  reference: interleaving the two spreads the machine's drift over both). Figures: medians over all steps."""
+@dataclasses.dataclass(frozen=True)
+class PreparedStep:
+  """A compiled train (or eval) step with its state and batch: what `bench` times and benchmarks/profile_step.py
+  traces. `run(state) -> state` runs one step to completion."""
+  spec: object
+  compiled: object
+  run: Callable
+  state: object
+  compile_s: float
+  rss_before_state: float
+
+
+def prepare(model: str, *, batch_size: int = 128, image_size: int = 224, channels: int = 3, num_classes: int = 1000,
+            conv_impl: str = "auto", bn_impl: str = "auto", half_precision: bool = False, scan_blocks: bool = False,
+            mode: str = "train") -> PreparedStep:
+  """Builds and compiles the training code's step for this model on device-resident random uint8 images."""
   spec = zoo.get_spec(model)
   info = synthetic_info(channels, num_classes)
   c = config_lib.base_config()
@@ -97,7 +110,20 @@ def bench(model: str, *, batch_size: int = 128, image_size: int = 224, channels:
     def run(state):
       jax.block_until_ready(compiled(state.params, state.batch_stats, batch))
       return state
+  return PreparedStep(spec=spec, compiled=compiled, run=run, state=state, compile_s=compile_s,
+                      rss_before_state=rss_before_state)
 
+
+def bench(model: str, *, batch_size: int = 128, image_size: int = 224, channels: int = 3, num_classes: int = 1000,
+          conv_impl: str = "auto", bn_impl: str = "auto", half_precision: bool = False, scan_blocks: bool = False, mode: str = "train",
+          steps_: int = 10, warmup: int = 2, rounds: int = 1, between_rounds=None) -> dict:
+  """Times `steps_` steps after `warmup`, `rounds` times; `between_rounds(i)` runs after round i (the PyTorch
+  reference: interleaving the two spreads the machine's drift over both). Figures: medians over all steps."""
+  prepared = prepare(model, batch_size=batch_size, image_size=image_size, channels=channels, num_classes=num_classes,
+                     conv_impl=conv_impl, bn_impl=bn_impl, half_precision=half_precision, scan_blocks=scan_blocks,
+                     mode=mode)
+  spec, compiled, run, state = prepared.spec, prepared.compiled, prepared.run, prepared.state
+  compile_s, rss_before_state = prepared.compile_s, prepared.rss_before_state
   rss_before_steps = peak_rss_mb()
   for _ in range(warmup):
     state = run(state)

@@ -43,6 +43,7 @@ from regnet_jax import runtime
 # One library: the oneDNN convolutions and the fused batch norm (regnet_jax/batchnorm_cpu.py) beside them.
 SOURCES = (Path(__file__).parent / "csrc" / "conv_onednn.cc", Path(__file__).parent / "csrc" / "batchnorm_cpu.cc")
 _TARGETS = {"fwd": "RegnetConvFwd", "bwd_data": "RegnetConvBwdData", "bwd_weights": "RegnetConvBwdWeights"}
+INFER_TARGETS = ("RegnetConvInfer", "RegnetConvInferResidual")
 BN_TARGETS = ("RegnetBnFwd", "RegnetBnFwdResidual", "RegnetBnBwd", "RegnetBnBwdResidual")
 _FFI_PREFIX = "regnet_jax_onednn_"
 DTYPES = (jnp.dtype(jnp.float32), jnp.dtype(jnp.bfloat16))
@@ -123,7 +124,7 @@ def _load() -> tuple[ctypes.CDLL | None, str | None]:
     # Said once per process: without it conv_impl=auto silently runs the 2-3x slower pure-XLA convolutions.
     logging.getLogger(__name__).warning("oneDNN convolutions unavailable, conv_impl=auto uses XLA's: %s", why)
     return None, why
-  for symbol in (*_TARGETS.values(), *BN_TARGETS):
+  for symbol in (*_TARGETS.values(), *INFER_TARGETS, *BN_TARGETS):
     jax.ffi.register_ffi_target(_FFI_PREFIX + symbol, jax.ffi.pycapsule(getattr(lib, symbol)), platform="cpu")
   lib.RegnetOnednnVersion.restype = ctypes.c_char_p
   lib.RegnetOnednnProbe.argtypes = [ctypes.c_int, ctypes.c_int]
@@ -255,6 +256,33 @@ def conv2d(x, kernel, stride: int, groups: int, *, blocked: bool = False):
   if kernel.shape[2] * groups != cin:
     raise ValueError(f"conv: kernel {kernel.shape} with groups={groups} does not take {cin} input channels")
   return _conv(x, kernel, stride, groups, blocked)
+
+
+def conv2d_bn_act(x, kernel, bias, residual=None, *, stride: int, groups: int, relu: bool):
+  """Inference: relu?(conv(x, kernel) + bias + residual?) in one oneDNN call, NHWC, forward only.
+
+  For a conv followed by an inference batch norm, pass the kernel with the BN's per-channel multiplier folded in
+  (kernel * scale / sqrt(var + eps), in x.dtype) and bias = BN bias - mean * that multiplier (float32, Cout):
+  the add and ReLU become oneDNN post-ops, accumulated in f32 and rounded once, so y is written in one pass
+  instead of the conv's pass plus one for BN + add + ReLU. `residual`: like the output, x.dtype.
+  Not differentiable (training keeps conv and BN apart: it needs the batch statistics).
+  """
+  lib, why = _load()
+  if lib is None:
+    raise OneDnnUnavailable(f'conv_impl="onednn" is unavailable: {why}')
+  if jnp.dtype(x.dtype) not in DTYPES or x.dtype != kernel.dtype or x.ndim != 4:
+    raise ValueError(f"conv2d_bn_act takes NHWC float32 or bfloat16 x and a kernel of the same dtype, got x "
+                     f"{x.dtype}{x.shape} and kernel {kernel.dtype}")
+  if kernel.shape[2] * groups != x.shape[-1] or bias.shape != (kernel.shape[-1],):
+    raise ValueError(f"conv2d_bn_act: kernel {kernel.shape} with groups={groups} and bias {bias.shape} do not "
+                     f"fit {x.shape[-1]} input channels")
+  shape = _out_shape(x.shape, kernel.shape[-1], stride, False)
+  if residual is not None and residual.shape != shape:
+    raise ValueError(f"conv2d_bn_act: residual {residual.shape} is not the output's shape {shape}")
+  args = (x, kernel, bias.astype(jnp.float32)) + (() if residual is None else (residual.astype(x.dtype),))
+  target = INFER_TARGETS[residual is not None]
+  return jax.ffi.ffi_call(_FFI_PREFIX + target, jax.ShapeDtypeStruct(shape, x.dtype), vmap_method="sequential")(
+      *args, stride=np.int64(stride), groups=np.int64(groups), relu=bool(relu))
 
 
 def main() -> int:

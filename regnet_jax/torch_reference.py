@@ -144,7 +144,7 @@ def time_train_step(name: str, *, batch_size: int, image_size: int, channels: in
       loss.backward()
       opt.step()
     else:
-      with torch.no_grad(), autocast():
+      with torch.inference_mode(), autocast():
         net(x)
 
   net.train(mode == "train")

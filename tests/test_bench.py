@@ -1,5 +1,6 @@
 """The benchmark times the real training step, and its PyTorch reference is the same network."""
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -115,3 +116,44 @@ def test_device_check_flags_auto_slower_than_xla():
           {"kind": "ours", "model": "b", "dtype": "f32", "which": "xla", "error": "OOM"}]
   got = {(c["model"], c["dtype"]): (round(c["ratio"], 2), c["ok"]) for c in dc.auto_vs_xla(rows)}
   assert got == {("a", "f32"): (0.96, True), ("a", "bf16"): (0.9, False)}
+
+
+def test_profile_step_attributes_the_step_to_its_ops(tmp_path):
+  """benchmarks/profile_step.py on a tiny train step: every oneDNN conv and native BN custom call is found in the
+  trace and named by kind from the HLO, and their time is part of the traced wall time."""
+  out = tmp_path / "profile.json"
+  r = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "profile_step.py"), "--model=regnetx32",
+                      "--batch-size=2", "--image-size=32", "--channels=1", "--num-classes=10", "--steps=2",
+                      "--warmup=1", f"--json={out}"], capture_output=True, text=True, timeout=600)
+  assert r.returncode == 0, r.stderr[-2000:]
+  prof = json.loads(out.read_text())
+  kinds = {k["kind"]: k for k in prof["kinds"]}
+  if any(k.startswith("custom-call:RegnetConv") for k in kinds):  # the oneDNN extension is there
+    assert kinds["custom-call:RegnetConvFwd"]["ops"] == 33  # regnetx32 has 33 convs, each its own call
+    assert kinds["custom-call:RegnetConvBwdWeights"]["ops"] == 33
+  assert "?" not in kinds or kinds["?"]["ms_per_step"] < 0.05 * prof["step_ms"]
+  assert 0 < prof["in_ops_ms"] and prof["step_ms"] > 0
+  assert all(o["shape"] for o in prof["ops"] if not o["kind"].startswith("?"))
+  assert "ms/step traced" in r.stdout
+
+
+def test_profile_step_parses_hlo_kinds():
+  spec = importlib.util.spec_from_file_location("profile_step", os.path.join(ROOT, "benchmarks", "profile_step.py"))
+  mod = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(mod)
+  hlo = """
+%fused_computation.1 (p0: f32[8]) -> f32[8] {
+  %p0 = f32[8]{0} parameter(0)
+  ROOT %add.3 = f32[8]{0} add(f32[8]{0} %p0, f32[8]{0} %p0)
+}
+
+ENTRY %main (x: f32[8]) -> f32[8] {
+  %x = f32[8]{0} parameter(0)
+  %ffi_call.7 = bf16[2,4,4,8]{3,2,1,0} custom-call(f32[8]{0} %x), custom_call_target="regnet_jax_onednn_RegnetConvFwd"
+  ROOT %add_fusion = f32[8]{0} fusion(f32[8]{0} %x), kind=kLoop, calls=%fused_computation.1
+}
+"""
+  kinds = mod.op_kinds(hlo)
+  assert kinds["ffi_call.7"] == ("custom-call:regnet_jax_onednn_RegnetConvFwd", "bf16[2,4,4,8]")
+  assert kinds["add_fusion"] == ("fusion:kLoop:add", "f32[8]")
+  assert mod._simplify(kinds["ffi_call.7"][0]) == "custom-call:RegnetConvFwd"

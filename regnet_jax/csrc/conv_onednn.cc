@@ -15,6 +15,7 @@
 #include <mutex>
 #include <string>
 #include <tuple>
+#include <unordered_map>
 
 #include "oneapi/dnnl/dnnl.hpp"
 #include "xla/ffi/api/ffi.h"
@@ -24,14 +25,17 @@ using dnnl::memory;
 
 namespace {
 
-enum Kind { kFwd = 0, kBwdData = 1, kBwdWeights = 2 };
+enum Kind { kFwd = 0, kBwdData = 1, kBwdWeights = 2, kInfer = 3 };
+
+// Post-ops of the inference convolution (kInfer): conv(x, w) + bias [+ residual] [then ReLU], one pass over y.
+enum Post { kPostRelu = 1, kPostResidual = 2 };
 
 struct Geometry {
   int64_t n, h, w, cin, cout, k, stride, groups, ho, wo;
   bool blocked;  // activations in oneDNN's nChw16c, (N, C / 16, H, W, 16), instead of NHWC
 };
 
-using Key = std::tuple<int, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int, bool>;
+using Key = std::tuple<int, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int, bool, int>;
 
 struct Plan {
   memory::desc src, dst, user_weights, weights;  // weights: the layout the primitive wants
@@ -67,7 +71,7 @@ PrimitiveDesc WithoutGemm(PrimitiveDesc pd) {
   return pd;
 }
 
-std::unique_ptr<Plan> MakePlan(int kind, const Geometry& g, memory::data_type dt) {
+std::unique_ptr<Plan> MakePlan(int kind, const Geometry& g, memory::data_type dt, int post = 0) {
   auto& eng = Engine();
   auto plan = std::make_unique<Plan>();
   const auto layout = g.blocked ? memory::format_tag::nChw16c : memory::format_tag::nhwc;
@@ -77,6 +81,27 @@ std::unique_ptr<Plan> MakePlan(int kind, const Geometry& g, memory::data_type dt
   memory::desc any(plan->user_weights.get_dims(), dt, memory::format_tag::any);
   const int64_t p = (g.k - 1) / 2;
   memory::dims strides{g.stride, g.stride}, pad{p, p};
+  if (kind == kInfer) {
+    // The batch norm folded into the kernel and an f32 bias by the caller; the residual add and ReLU as
+    // post-ops, so y is written once, accumulated in f32 and rounded once.
+    dnnl::post_ops ops;
+    if (post & kPostResidual) ops.append_binary(dnnl::algorithm::binary_add, plan->dst);
+    if (post & kPostRelu) ops.append_eltwise(dnnl::algorithm::eltwise_relu, 0.f, 0.f);
+    dnnl::primitive_attr attr;
+    attr.set_post_ops(ops);
+    memory::desc bias({g.cout}, memory::data_type::f32, memory::format_tag::a);
+    auto pd = WithoutGemm(dnnl::convolution_forward::primitive_desc(
+        eng, dnnl::prop_kind::forward_inference, dnnl::algorithm::convolution_direct, plan->src, any, bias,
+        plan->dst, strides, pad, pad, attr));
+    plan->weights = pd.weights_desc();
+    plan->conv = dnnl::convolution_forward(pd);
+    plan->impl = pd.impl_info_str();
+    plan->reorder = plan->weights != plan->user_weights;
+    if (plan->reorder) {
+      plan->to_prim = dnnl::reorder(dnnl::reorder::primitive_desc(eng, plan->user_weights, eng, plan->weights));
+    }
+    return plan;
+  }
   auto fwd = WithoutGemm(dnnl::convolution_forward::primitive_desc(
       eng, dnnl::prop_kind::forward_training, dnnl::algorithm::convolution_direct, plan->src, any, plan->dst,
       strides, pad, pad));
@@ -108,13 +133,13 @@ std::unique_ptr<Plan> MakePlan(int kind, const Geometry& g, memory::data_type dt
   return plan;
 }
 
-const Plan& GetPlan(int kind, const Geometry& g, memory::data_type dt) {
+const Plan& GetPlan(int kind, const Geometry& g, memory::data_type dt, int post = 0) {
   static std::mutex mu;
   static auto* cache = new std::map<Key, std::unique_ptr<Plan>>();
-  Key key{kind, g.n, g.h, g.w, g.cin, g.cout, g.k, g.stride, g.groups, static_cast<int>(dt), g.blocked};
+  Key key{kind, g.n, g.h, g.w, g.cin, g.cout, g.k, g.stride, g.groups, static_cast<int>(dt), g.blocked, post};
   std::lock_guard<std::mutex> lock(mu);
   auto it = cache->find(key);
-  if (it == cache->end()) it = cache->emplace(key, MakePlan(kind, g, dt)).first;
+  if (it == cache->end()) it = cache->emplace(key, MakePlan(kind, g, dt, post)).first;
   return *it->second;
 }
 
@@ -226,7 +251,61 @@ ffi::Error ConvBwdWeights(ffi::AnyBuffer x, ffi::AnyBuffer dy, ffi::Result<ffi::
   return Run(kBwdWeights, g, DataType(x.element_type()), Ptr(x), Ptr(dy), dkernel->untyped_data());
 }
 
+// y = [relu](conv(x, kernel) + bias [+ residual]); kernel with the batch norm folded in, bias f32 (Cout).
+ffi::Error Infer(ffi::AnyBuffer x, ffi::AnyBuffer kernel, ffi::AnyBuffer bias, const ffi::AnyBuffer* residual,
+                 ffi::Result<ffi::AnyBuffer> y, int64_t stride, int64_t groups, bool relu) {
+  if (auto e = Shapes(x.dimensions().size(), y->dimensions().size(), false); e.failure()) return e;
+  Geometry g = FromShapes(x.dimensions(), kernel.dimensions(), y->dimensions(), stride, groups, false);
+  ffi::Error ok = Check(g);
+  if (ok.failure()) return ok;
+  if (bias.element_type() != ffi::DataType::F32 || bias.element_count() != static_cast<size_t>(g.cout)) {
+    return ffi::Error::InvalidArgument("regnet_jax oneDNN inference conv: the bias must be float32 of Cout values");
+  }
+  if (residual && residual->element_count() != y->element_count()) {
+    return ffi::Error::InvalidArgument("regnet_jax oneDNN inference conv: the residual must have the output's shape");
+  }
+  const int post = (relu ? kPostRelu : 0) | (residual ? kPostResidual : 0);
+  try {
+    const memory::data_type dt = DataType(x.element_type());
+    const Plan& plan = GetPlan(kInfer, g, dt, post);
+    auto& eng = Engine();
+    dnnl::stream stream(eng);
+    memory src(plan.src, eng, Ptr(x)), dst(plan.dst, eng, y->untyped_data());
+    memory b(memory::desc({g.cout}, memory::data_type::f32, memory::format_tag::a), eng, Ptr(bias));
+    memory w = KernelForPrimitive(plan, stream, Ptr(kernel));
+    std::unordered_map<int, memory> args{{DNNL_ARG_SRC, src}, {DNNL_ARG_WEIGHTS, w}, {DNNL_ARG_BIAS, b},
+                                         {DNNL_ARG_DST, dst}};
+    if (residual) {
+      args.insert({DNNL_ARG_ATTR_MULTIPLE_POST_OP(0) | DNNL_ARG_SRC_1, memory(plan.dst, eng, Ptr(*residual))});
+    }
+    plan.conv.execute(stream, args);
+    stream.wait();
+  } catch (const dnnl::error& e) {
+    return ffi::Error::Internal(std::string("regnet_jax oneDNN inference conv failed: ") + e.what());
+  }
+  return ffi::Error::Success();
+}
+
+ffi::Error ConvInfer(ffi::AnyBuffer x, ffi::AnyBuffer kernel, ffi::AnyBuffer bias, ffi::Result<ffi::AnyBuffer> y,
+                     int64_t stride, int64_t groups, bool relu) {
+  return Infer(x, kernel, bias, nullptr, y, stride, groups, relu);
+}
+
+ffi::Error ConvInferResidual(ffi::AnyBuffer x, ffi::AnyBuffer kernel, ffi::AnyBuffer bias, ffi::AnyBuffer residual,
+                             ffi::Result<ffi::AnyBuffer> y, int64_t stride, int64_t groups, bool relu) {
+  return Infer(x, kernel, bias, &residual, y, stride, groups, relu);
+}
+
 }  // namespace
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(RegnetConvInfer, ConvInfer,
+                              ffi::Ffi::Bind().Arg<ffi::AnyBuffer>().Arg<ffi::AnyBuffer>().Arg<ffi::AnyBuffer>()
+                                  .Ret<ffi::AnyBuffer>().Attr<int64_t>("stride").Attr<int64_t>("groups")
+                                  .Attr<bool>("relu"));
+XLA_FFI_DEFINE_HANDLER_SYMBOL(RegnetConvInferResidual, ConvInferResidual,
+                              ffi::Ffi::Bind().Arg<ffi::AnyBuffer>().Arg<ffi::AnyBuffer>().Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>().Ret<ffi::AnyBuffer>().Attr<int64_t>("stride")
+                                  .Attr<int64_t>("groups").Attr<bool>("relu"));
 
 #define REGNET_CONV_BINDING                                                                          \
   ffi::Ffi::Bind().Arg<ffi::AnyBuffer>().Arg<ffi::AnyBuffer>().Ret<ffi::AnyBuffer>().Attr<int64_t>("stride") \
