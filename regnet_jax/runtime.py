@@ -97,6 +97,21 @@ def allocator_env(environ: dict[str, str], *, thp_mode: str | None, libc: str, a
   return env if env != environ else None
 
 
+def stock_env(environ: dict[str, str]) -> dict[str, str]:
+  """`environ` without what allocator_env adds: the block cache out of LD_PRELOAD and our glibc tunables out of
+  GLIBC_TUNABLES; what a program not started by regnet_jax runs with (bench's PyTorch reference, --torch-env)."""
+  env = dict(environ)
+  preload = [p for p in environ.get("LD_PRELOAD", "").split() if os.path.basename(p) != BLOCK_CACHE_NAME]
+  tunables = [t for t in environ.get("GLIBC_TUNABLES", "").split(":")
+              if t and t not in (HUGETLB_TUNABLE, *RETAIN_TUNABLES)]
+  for name, parts, sep in (("LD_PRELOAD", preload, " "), ("GLIBC_TUNABLES", tunables, ":")):
+    if parts:
+      env[name] = sep.join(parts)
+    else:
+      env.pop(name, None)
+  return env
+
+
 def build_block_cache() -> str | None:
   """Compiles regnet_jax/csrc/block_cache.c once per source, compiler and CPU into the cache directory; its path,
   or None where there is no C compiler or the build fails (then `auto` uses glibc alone)."""

@@ -157,3 +157,18 @@ ENTRY %main (x: f32[8]) -> f32[8] {
   assert kinds["ffi_call.7"] == ("custom-call:regnet_jax_onednn_RegnetConvFwd", "bf16[2,4,4,8]")
   assert kinds["add_fusion"] == ("fusion:kLoop:add", "f32[8]")
   assert mod._simplify(kinds["ffi_call.7"][0]) == "custom-call:RegnetConvFwd"
+
+
+def test_compare_torch_holds_pytorch_to_its_faster_environment():
+  """--torch-env=best (the default): each round times PyTorch without our allocator settings and with them, and
+  the faster is the reference; the JSON keeps both."""
+  pytest.importorskip("torch")
+  out = subprocess.run([sys.executable, "-m", "regnet_jax.bench", "--model=regnetx32", "--batch-size=2",
+                        "--image-size=32", "--channels=1", "--num-classes=10", "--steps=1", "--warmup=1",
+                        "--compare-torch", "--rounds=2", "--json"], capture_output=True, text=True, timeout=600)
+  assert out.returncode == 0, out.stderr[-2000:]
+  t = json.loads(out.stdout.strip().splitlines()[-1])["torch"]
+  by_env = t["round_img_per_s_by_env"]
+  assert set(by_env) == {"stock", "same"} and all(len(v) == 2 for v in by_env.values())
+  assert t["round_img_per_s"] == [max(s, o) for s, o in zip(by_env["stock"], by_env["same"])]
+  assert [("stock" if s >= o else "same") for s, o in zip(by_env["stock"], by_env["same"])] == t["round_env"]

@@ -32,6 +32,18 @@ def test_adds_the_settings_once_and_keeps_the_users():
   assert _env({"GLIBC_TUNABLES": f"glibc.malloc.hugetlb=0:{RETAIN}", "REGNET_JAX_MALLOC": "retain"}) is None
 
 
+@pytest.mark.parametrize("environ", [
+    {"PATH": "/bin"},
+    {"PATH": "/bin", "LD_PRELOAD": "/x/a.so", "GLIBC_TUNABLES": "glibc.malloc.arena_max=2"},
+    {"REGNET_JAX_MALLOC": "retain", "GLIBC_TUNABLES": "glibc.malloc.arena_max=2"},
+])
+def test_stock_env_undoes_the_allocator_settings(environ):
+  """What bench's PyTorch reference runs under with --torch-env=stock: the user's environment as it was."""
+  env = _env(environ, block_cache=LIB)
+  assert env is not None and env != environ
+  assert runtime.stock_env(env) == environ  # the user's preload and arena_max=2 kept, ours gone
+
+
 @pytest.mark.parametrize("environ, nodes, lib, tunables, preload", [
     ({}, False, LIB, HUGE, LIB),                                          # CPU machine: the block cache
     ({}, False, None, f"{HUGE}:{RETAIN}", None),                          # no C compiler: glibc keeps memory
