@@ -38,7 +38,7 @@ _SKIP = re.compile(r"^(end: |ThreadpoolListener|ThunkExecutor|ThreadPool|Eigen|\
 
 def op_kinds(hlo_text: str) -> dict[str, tuple[str, str]]:
   """Instruction name -> (kind, output shape), from optimised HLO text; kind: custom-call target, fusion kind
-  plus the fused root's opcode, else the opcode."""
+  plus what XLA named it after (else the fused root's opcode), else the opcode."""
   computations: dict[str, str] = {}  # fused computation name -> root opcode
   current = None
   for line in hlo_text.splitlines():
@@ -60,10 +60,13 @@ def op_kinds(hlo_text: str) -> dict[str, tuple[str, str]]:
       t = re.search(r'custom_call_target="([^"]+)"', line)
       kinds[name] = ("custom-call:" + (t.group(1) if t else "?"), shape)
     elif opcode == "fusion":
+      # XLA names a fusion after the ops it fuses ("add_bitcast_fusion.4": a gradient add); the name says more
+      # than the root op, which is often a bitcast.
       k = re.search(r"kind=(\w+)", line)
       c = re.search(r"calls=%?([\w.\-]+)", line)
-      root = computations.get(c.group(1), "?") if c else "?"
-      kinds[name] = (f"fusion:{k.group(1) if k else '?'}:{root}", shape)
+      what = re.sub(r"(\.\d+)+$", "", name)
+      what = what[:-len("_fusion")] if what.endswith("_fusion") else (computations.get(c.group(1), "?") if c else "?")
+      kinds[name] = (f"fusion:{k.group(1) if k else '?'}:{what}", shape)
     else:
       kinds[name] = (opcode, shape)
   return kinds

@@ -150,12 +150,14 @@ def test_profile_step_parses_hlo_kinds():
 ENTRY %main (x: f32[8]) -> f32[8] {
   %x = f32[8]{0} parameter(0)
   %ffi_call.7 = bf16[2,4,4,8]{3,2,1,0} custom-call(f32[8]{0} %x), custom_call_target="regnet_jax_onednn_RegnetConvFwd"
-  ROOT %add_fusion = f32[8]{0} fusion(f32[8]{0} %x), kind=kLoop, calls=%fused_computation.1
+  %add_bitcast_fusion.4 = f32[8]{0} fusion(f32[8]{0} %x), kind=kLoop, calls=%fused_computation.1
+  ROOT %ynn = f32[8]{0} fusion(f32[8]{0} %x), kind=kCustom, calls=%fused_computation.1
 }
 """
   kinds = mod.op_kinds(hlo)
   assert kinds["ffi_call.7"] == ("custom-call:regnet_jax_onednn_RegnetConvFwd", "bf16[2,4,4,8]")
-  assert kinds["add_fusion"] == ("fusion:kLoop:add", "f32[8]")
+  assert kinds["add_bitcast_fusion.4"] == ("fusion:kLoop:add_bitcast", "f32[8]")
+  assert kinds["ynn"] == ("fusion:kCustom:add", "f32[8]")  # not named after its ops: the root's opcode
   assert mod._simplify(kinds["ffi_call.7"][0]) == "custom-call:RegnetConvFwd"
 
 
