@@ -181,3 +181,35 @@ def test_jax_computes_the_same_under_it(library, tmp_path):
   run_child(library, code, OUT=str(tmp_path / "with.npy"), JAX_PLATFORMS="cpu")
   run_child("", code, OUT=str(tmp_path / "ref.npy"), JAX_PLATFORMS="cpu")   # glibc's allocator alone
   np.testing.assert_array_equal(np.load(tmp_path / "with.npy"), np.load(tmp_path / "ref.npy"))
+
+
+def test_a_request_waits_for_the_live_block_its_predecessor_is_about_to_free(library):
+  """The next step's request comes just before the last step's block is freed: it waits and takes that block
+  instead of mapping a second one (both would count in the resident peak)."""
+  run_child(library, """
+    import threading, time
+    lib.regnet_block_cache_waits.restype = ctypes.c_uint64
+    p = libc.malloc(100 * MB)
+    t = threading.Thread(target=lambda: (time.sleep(0.002), libc.free(p)))
+    t.start()
+    q = libc.malloc(100 * MB)  # ctypes drops the GIL: the thread frees p while this call waits
+    t.join()
+    assert q == p and stats()["maps"] == 1 and lib.regnet_block_cache_waits() == 1, stats()
+    libc.free(q)
+  """)
+
+
+def test_a_size_whose_wait_ran_out_is_not_waited_for_again(library):
+  """A program that really holds two blocks of one size: the first wait runs out (~10 ms) and maps a block; the
+  next requests of that size do not wait."""
+  run_child(library, """
+    import time
+    lib.regnet_block_cache_waits.restype = ctypes.c_uint64
+    a = libc.malloc(100 * MB)
+    t = time.perf_counter(); b = libc.malloc(100 * MB); first = time.perf_counter() - t
+    t = time.perf_counter(); c = libc.malloc(100 * MB); second = time.perf_counter() - t
+    assert len({a, b, c}) == 3 and stats()["maps"] == 3 and lib.regnet_block_cache_waits() == 0, stats()
+    assert first >= 0.009 and second < first / 2, (first, second)
+    for p in (a, b, c):
+      libc.free(p)
+  """)

@@ -11,15 +11,17 @@ This library keeps the big blocks out of the heap instead: requests of at least 
 2 MiB-aligned mapping with transparent huge pages; a freed one is kept and handed to the next request of about
 the same size (the next step's). Everything smaller goes to glibc's own allocator unchanged.
 
-Three policies bound what is kept:
+Four policies bound what is kept:
 - A request that no kept block fits unmaps every kept block before it maps its own: a program whose blocks are
   all kept never misses, so a miss means another program runs now (training's eval step, then training again),
   and the old blocks would only add to the resident size. The resident size is then what is live, as with
   glibc's own mmaps; each change of phase maps its block once (per eval, not per step).
 - At most REGNET_JAX_BLOCK_CACHE (default 3) free blocks, least recently used unmapped first.
-- When a block is freed while another block of the same size is live, it is unmapped, not kept. That happens when
-  a step starts before its predecessor has released its block (JAX dispatches step n+1 as soon as step n's outputs
-  are ready, and the release comes just after): keeping both would leave two blocks resident for good.
+- A step can start before its predecessor has released its block (JAX dispatches step n+1 as soon as step n's
+  outputs are ready, and the release comes just after). A request that only a live block would fit therefore waits
+  up to 10 ms for it to be freed, and takes it; a size whose wait ran out once is not waited for again.
+- When a block is freed while another block of the same size is live (such a wait ran out), it is unmapped, not
+  kept: keeping both would leave two blocks resident for good.
 
 Loaded with LD_PRELOAD by regnet_jax/runtime.py. Pointers not from here go to glibc's __libc_free, so memory from
 any allocation path (glibc's own valloc, memory allocated before the library was loaded) is freed correctly.
@@ -33,6 +35,7 @@ regnet_block_cache_stats() is for the tests. */
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <time.h>
 
 extern void *__libc_malloc(size_t);
 extern void *__libc_calloc(size_t, size_t);
@@ -56,7 +59,13 @@ static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
 static uint64_t clock_ticks;
 static size_t min_bytes = (size_t)32 << 20;
 static int max_cached = 3;
-static uint64_t maps_made, reuses;
+static uint64_t maps_made, reuses, waits_won;
+/* Waiting for a live block of the size asked for (big_alloc): up to WAIT_POLLS x WAIT_POLL_NS = 10 ms. */
+#define WAIT_POLLS 100
+#define WAIT_POLL_NS 100000L
+#define MAX_NO_WAIT 16
+static size_t no_wait[MAX_NO_WAIT];  /* sizes whose wait ran out */
+static int nwait_timed_out;
 
 static size_t round_len(size_t n) { return (n + HUGE_PAGE - 1) & ~(HUGE_PAGE - 1); }
 
@@ -79,16 +88,55 @@ static void *map_aligned(size_t len) {
   return p;
 }
 
+/* Up to 1/8 larger than len: the same program's block, not a much bigger one that a small request would pin. */
+static int fits(const block_t *b, size_t len) { return b->len >= len && b->len - len <= len / 8; }
+
+/* The smallest free kept block that fits len, or -1. Under `lock`. */
+static int free_fit(size_t len) {
+  int best = -1;
+  for (int i = 0; i < nslots; i++) {
+    block_t *b = &blocks[i];
+    if (b->ptr && !b->live && fits(b, len) && (best < 0 || b->len < blocks[best].len)) best = i;
+  }
+  return best;
+}
+
+/* Whether a live block would fit len. Under `lock`. */
+static int live_fit(size_t len) {
+  for (int i = 0; i < nslots; i++)
+    if (blocks[i].ptr && blocks[i].live && fits(&blocks[i], len)) return 1;
+  return 0;
+}
+
+static int wait_timed_out(size_t len) {
+  for (int i = 0; i < nwait_timed_out; i++)
+    if (no_wait[i] == len) return 1;
+  return 0;
+}
+
 /* A block of at least n bytes; *fresh says whether its pages are new (zero). NULL when out of memory. */
 static void *big_alloc(size_t n, int *fresh) {
   size_t len = round_len(n);
   pthread_mutex_lock(&lock);
-  int best = -1;
-  for (int i = 0; i < nslots; i++) {
-    block_t *b = &blocks[i];
-    /* Up to 1/8 larger: the same program's block, not a much bigger one that a small request would pin. */
-    if (b->ptr && !b->live && b->len >= len && b->len - len <= len / 8 && (best < 0 || b->len < blocks[best].len))
-      best = i;
+  int best = free_fit(len);
+  if (best < 0 && live_fit(len) && !wait_timed_out(len)) {
+    /* A live block this request would fit: most likely the previous execution's, released a moment after its
+       outputs are ready, which is when JAX dispatches the next step. Mapping a second block now would put both in
+       the resident peak (regnetx_400mf's f32 step: 2.1 GB instead of 1.4), so wait for it, briefly. A size
+       whose wait ran out once (a program that holds two such blocks at a time) is not waited for again. */
+    for (int t = 0; t < WAIT_POLLS && best < 0; t++) {
+      pthread_mutex_unlock(&lock);
+      struct timespec ts = {0, WAIT_POLL_NS};
+      nanosleep(&ts, NULL);
+      pthread_mutex_lock(&lock);
+      best = free_fit(len);
+      if (best < 0 && !live_fit(len)) break;  /* freed and unmapped meanwhile: nothing to wait for */
+    }
+    if (best >= 0) {
+      waits_won++;
+    } else if (nwait_timed_out < MAX_NO_WAIT) {
+      no_wait[nwait_timed_out++] = len;
+    }
   }
   if (best >= 0) {
     blocks[best].live = 1;
@@ -239,6 +287,14 @@ size_t malloc_usable_size(void *p) {
 }
 
 /* live, cached, maps made, reuses; for the tests. */
+/* How many requests waited for a live block and got it (big_alloc). For the tests. */
+uint64_t regnet_block_cache_waits(void) {
+  pthread_mutex_lock(&lock);
+  uint64_t n = waits_won;
+  pthread_mutex_unlock(&lock);
+  return n;
+}
+
 void regnet_block_cache_stats(uint64_t out[4]) {
   pthread_mutex_lock(&lock);
   out[0] = out[1] = 0;
