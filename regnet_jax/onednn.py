@@ -6,7 +6,8 @@ forward pass, the data gradient and the kernel gradient. regnet_jax/csrc/conv_on
 FFI handlers; this module compiles it, together with the fused batch-norm kernels of regnet_jax/csrc/batchnorm_cpu.cc
 (used by regnet_jax/batchnorm_cpu.py), once per (sources, oneDNN, jaxlib, compiler, CPU) into a cache directory,
 registers the handlers and exposes `conv2d` with a `jax.custom_vjp` whose backward pass calls the two gradient
-kernels. Built with -O3 -march=native (hence the CPU in the cache key) and -fopenmp (libgomp, oneDNN's runtime).
+kernels, and, for inference, `conv2d_bn_act`: a conv with bias, residual add and ReLU as oneDNN post-ops, into
+which regnet_jax/layers.py folds each batch norm. Built with -O3 -march=native (hence the CPU in the cache key) and -fopenmp (libgomp, oneDNN's runtime).
 
 oneDNN comes from PyPI (`onednn-cpu-gomp` for libdnnl.so, `onednn-devel-cpu-gomp` for its headers; x86-64 Linux),
 the build needs a C++17 compiler (`$CXX`, default g++). Where either is missing `available()` is False, `auto`

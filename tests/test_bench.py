@@ -174,3 +174,30 @@ def test_compare_torch_holds_pytorch_to_its_faster_environment():
   assert set(by_env) == {"stock", "same"} and all(len(v) == 2 for v in by_env.values())
   assert t["round_img_per_s"] == [max(s, o) for s, o in zip(by_env["stock"], by_env["same"])]
   assert [("stock" if s >= o else "same") for s, o in zip(by_env["stock"], by_env["same"])] == t["round_env"]
+
+
+def test_tabulate_renders_one_run(tmp_path):
+  """benchmarks/tabulate.py: the README tables from run_bench.sh's JSON lines (peak first)."""
+  spec = importlib.util.spec_from_file_location("tabulate", os.path.join(ROOT, "benchmarks", "tabulate.py"))
+  tab = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(tab)
+  base = dict(model="regnetx32", batch_size=128, image_size=96, channels=1, mode="train", conv_impl="auto",
+              bn_impl="auto", scan_blocks=False, gflop_s=50.0, peak_rss_mb=1000.0, minor_faults_per_step=20.0,
+              compile_s=2.0, ld_preload="/c/libregnet_block_cache.so", glibc_tunables="glibc.malloc.hugetlb=1")
+  torch = dict(img_per_s=100.0, peak_rss_mb=1500.0)
+  lines = [{"peak_f32_gflop_s": 200.0, "peak_bf16_gflop_s": 400.0, "copy_gb_s": 25.0},
+           dict(base, half_precision=False, img_per_s=150.0, torch=torch, round_ratios=[1.4, 1.6],
+                ratio_to_torch=1.5),
+           dict(base, half_precision=True, img_per_s=260.0, gflop_s=100.0, torch=dict(torch, img_per_s=200.0),
+                round_ratios=[1.3, 1.3], ratio_to_torch=1.3),
+           dict(base, half_precision=False, img_per_s=140.0, ld_preload="", torch=torch, round_ratios=[1.4],
+                ratio_to_torch=1.4),
+           dict(base, half_precision=False, conv_impl="split", bn_impl="xla", img_per_s=60.0),
+           dict(base, batch_size=2, image_size=224, model="regnety_200mf", half_precision=False, img_per_s=1.0,
+                compile_s=4.2)]
+  text = tab.tables(lines)
+  assert "| 150.0 (25%) | 100.0 | **1.50x** (1.40, 1.60) | 260.0 (25%) | 200.0 | **1.30x** (1.30, 1.30) |" in text
+  assert "`auto` + `REGNET_JAX_MALLOC=system` | 140.0 (25%)" in text
+  assert "`split` + bn `xla` | 60.0 (25%)" in text
+  assert "regnety_200mf 4.2" in text and "f32 200 GFLOP/s" in text
+  assert tab.allocator(dict(glibc_tunables="glibc.malloc.mmap_max=0")) == "retain"
