@@ -99,3 +99,26 @@ def test_exercise_configs_plan_in_the_base_regime(name, want):
 def test_unknown_base_sweep_is_named():
   with pytest.raises(FileNotFoundError, match="no sweep config.*nope.py.*fashion_mnist_cpu"):
     _load_config("vionet", "nope")
+
+
+@pytest.mark.parametrize("name, reference", [("vionet", {"AnyNetX_E"}), ("deresnextify", {"AnyNetX_E", "RegNet"})])
+def test_exercises_reuse_the_committed_progression_trials_of_their_reference_spaces(name, reference):
+  """The exercises in the fmnist_progression regime take their reference spaces' models from the committed run:
+  the same seeded streams give the same models, so every planned reference trial the run has finished is found
+  (with its recorded error), and no trial of a violating or basic-block space is."""
+  import json
+
+  from regnet_jax.sweep.runner import reusable_records
+  from regnet_jax.specs_io import spec_to_dict
+  run = os.path.join(os.path.dirname(__file__), os.pardir, "docs", "sweeps", "fmnist_progression", "run")
+  c = _load_config(name, "fmnist_progression")
+  assert c.reuse.sweep == "fmnist_progression"
+  for s in c.spaces:
+    c.spaces[s].n = 3
+  found = reusable_records(c, [run])
+  assert found  # the committed run has more than 3 models of every space
+  hits = [t.sample.space for t in plan_trials(c)
+          if (json.dumps(spec_to_dict(t.sample.spec), sort_keys=True), c.seed) in found]
+  assert sorted(hits) == sorted(3 * list(reference))
+  c.train.num_train_steps = 2 * c.train.num_train_steps  # another budget: nothing stands for it
+  assert reusable_records(c, [run], log=lambda m: None) == {}

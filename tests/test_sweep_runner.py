@@ -168,3 +168,50 @@ def test_shards_train_round_robin_over_spaces_so_a_partial_sweep_is_balanced(tmp
   assert ran == ["AnyNetX_A-000", "RegNet-000", "AnyNetX_A-002", "RegNet-002"]
   assert [t.trial_id for t in round_robin(plan_trials(c))][:4] == ["AnyNetX_A-000", "RegNet-000", "AnyNetX_A-001",
                                                                   "RegNet-001"]
+
+
+def _with_reuse(config, sweep="unit"):
+  from regnet_jax.sweep.runner import train_fingerprint
+  c = ml_collections.ConfigDict(config.to_dict())
+  c.name = "exercise@unit"
+  c.reuse = ml_collections.ConfigDict({"sweep": sweep, "train_fingerprint": train_fingerprint(c.train)})
+  return c
+
+
+def test_reuse_takes_the_reference_trials_of_the_same_models_and_trains_the_rest(tmp_path):
+  ref_dir, ex_dir = str(tmp_path / "ref"), str(tmp_path / "ex")
+  ref = sweep_config(n=2)
+  run_sweep(ref, ref_dir, FakeTrainer())  # AnyNetX_A-000..001, RegNet-000..001
+  ex = _with_reuse(sweep_config(n=3))  # the same streams: models 000..001 equal the reference's, 002 are new
+  trainer = FakeTrainer()
+  written = run_sweep(ex, ex_dir, trainer, reuse_from=[ref_dir])
+  assert len(trainer.calls) == 2 and all(c.endswith("-002") for c in trainer.calls)
+  by_trial = {r["trial"]: r for r in written}
+  ref_records = {r["trial"]: r for r in results.read_records(results.results_path(ref_dir))}
+  for tid in ("AnyNetX_A-000", "AnyNetX_A-001", "RegNet-000", "RegNet-001"):
+    r = by_trial[tid]
+    assert r["sweep"] == "exercise@unit" and r["reused_from"] == {"sweep": "unit", "trial": tid, "workdir": ref_dir}
+    assert r["spec"] == ref_records[tid]["spec"] and r["best_error"] == ref_records[tid]["best_error"]
+  assert by_trial["AnyNetX_A-002"].get("reused_from") is None
+  # rerun: everything is recorded, nothing trains or is copied twice
+  again = FakeTrainer()
+  assert run_sweep(ex, ex_dir, again, reuse_from=[ref_dir]) == [] and again.calls == []
+  assert len(results.read_records(results.results_path(ex_dir))) == 6
+
+
+def test_reuse_needs_the_same_recipe_and_a_declared_reference(tmp_path):
+  ref_dir = str(tmp_path / "ref")
+  run_sweep(sweep_config(n=1), ref_dir, FakeTrainer())
+  overridden = _with_reuse(sweep_config(n=1))
+  overridden.train.seed = 1  # a command-line override after the config was built: another experiment
+  trainer, logs = FakeTrainer(), []
+  run_sweep(overridden, str(tmp_path / "a"), trainer, log=logs.append, reuse_from=[ref_dir])
+  assert len(trainer.calls) == 2 and any("no trial is reused" in m for m in logs)
+  other = _with_reuse(sweep_config(n=1), sweep="another")  # the records belong to sweep 'unit'
+  trainer = FakeTrainer()
+  run_sweep(other, str(tmp_path / "b"), trainer, reuse_from=[ref_dir])
+  assert len(trainer.calls) == 2
+  with pytest.raises(SweepError, match="declares no `reuse`"):
+    run_sweep(sweep_config(n=1), str(tmp_path / "c"), FakeTrainer(), reuse_from=[ref_dir])
+  with pytest.raises(SweepError, match="no .*results.jsonl; pass the workdir"):
+    run_sweep(_with_reuse(sweep_config(n=1)), str(tmp_path / "d"), FakeTrainer(), reuse_from=[str(tmp_path / "x")])

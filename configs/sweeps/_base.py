@@ -2,7 +2,9 @@
 
 `derived(base_name, name, spaces)` keeps the base sweep's regime, seed and training recipe and replaces its name
 and spaces, so an exercise runs in whatever proxy regime the base sweep defines (pass the base as the config
-argument: --config=configs/sweeps/vionet.py:fashion_mnist_cpu).
+argument: --config=configs/sweeps/vionet.py:fashion_mnist_cpu). It also declares the base sweep as the one whose
+trials may stand for the exercise's reference spaces (the same models, sampled from the same seeded streams, trained
+with the same recipe): `--reuse_from=<base workdir>` records them from there instead of training them again.
 """
 
 import os
@@ -10,6 +12,7 @@ import os
 import ml_collections
 
 from regnet_jax.config_files import load_module
+from regnet_jax.sweep.runner import train_fingerprint
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -24,6 +27,9 @@ def load(name: str) -> ml_collections.ConfigDict:
 
 def derived(base_name: str, name: str, spaces: dict) -> ml_collections.ConfigDict:
   c = load(base_name)
-  c.name = f"{name}@{c.name}"  # another base gives another sweep name: their results never mix in one workdir
+  base_sweep = c.name
+  c.name = f"{name}@{base_sweep}"  # another base gives another sweep name: their results never mix in one workdir
   c.spaces = ml_collections.ConfigDict(spaces)
+  # Fixed here, before any command-line override: an overridden recipe no longer matches and reuses nothing.
+  c.reuse = ml_collections.ConfigDict({"sweep": base_sweep, "train_fingerprint": train_fingerprint(c.train)})
   return c

@@ -7,6 +7,10 @@ regime, seed and recipe, taken from the base sweep (the config argument, default
 
   python -m regnet_jax.sweep --config=configs/sweeps/deresnextify.py --plan
   python -m regnet_jax.sweep --config=configs/sweeps/deresnextify.py --workdir=sweeps/deresnextify --shard=0/2
+In the fmnist_progression regime the two X-block references are the progression run's first 50 AnyNetX_E and
+RegNet models; --reuse_from records those it has finished instead of training them again:
+  python -m regnet_jax.sweep --config=configs/sweeps/deresnextify.py:fmnist_progression \
+      --workdir=docs/sweeps/deresnextify/run --reuse_from=docs/sweeps/fmnist_progression/run --shard=0/2
   python -m regnet_jax.sweep.analyze sweeps/deresnextify --out=sweeps/deresnextify/edf.png
 """
 

@@ -11,6 +11,10 @@ config argument, default fashion_mnist_cpu), so the comparison runs in whichever
 
   python -m regnet_jax.sweep --config=configs/sweeps/vionet.py --plan
   python -m regnet_jax.sweep --config=configs/sweeps/vionet.py:fashion_mnist_cpu --workdir=sweeps/vionet --shard=0/2
+In the fmnist_progression regime, the AnyNetX_E reference is the progression run's first 50 AnyNetX_E models (same
+seeded stream, same recipe); --reuse_from records those it has finished instead of training them again:
+  python -m regnet_jax.sweep --config=configs/sweeps/vionet.py:fmnist_progression \
+      --workdir=docs/sweeps/vionet/run --reuse_from=docs/sweeps/fmnist_progression/run --shard=0/2
   python -m regnet_jax.sweep.analyze sweeps/vionet --out=sweeps/vionet/edf.png
 More models: --config.spaces.VioNet_d.n=100 (etc.); every space samples its own seeded stream, so a larger n
 extends the list and leaves the other spaces' models unchanged.

@@ -1,6 +1,6 @@
 """python -m regnet_jax.sweep --config=configs/sweeps/NAME.py --workdir=DIR [--shard=I/N] [--plan]
                             [--trial_process=inprocess|subprocess] [--on_trial_error=stop|skip]
-                            [--compilation_cache=auto|none|DIR]
+                            [--compilation_cache=auto|none|DIR] [--reuse_from=DIR ...]
 
 Samples the sweep's models, trains each with the sweep's recipe through `regnet_jax.train.train_and_evaluate`,
 appends one JSON line per finished trial to DIR/results.jsonl and skips finished trials when run again.
@@ -10,6 +10,10 @@ appends one JSON line per finished trial to DIR/results.jsonl and skips finished
 trial that crashes its process fails alone (pair it with --on_trial_error=skip to go on with the others). The
 persistent XLA compilation cache (default: auto, ~/.cache/regnet_jax/xla/<cpu>) makes retrained trials (resumes,
 requeues) skip their compile. See regnet_jax/sweep/trials.py and benchmarks/trial_cost.py.
+
+--reuse_from=DIR (repeatable) names workdirs of the sweep the config's `reuse` declares (the exercise sweeps declare
+their base sweep): a trial whose model that sweep already trained with the same recipe is recorded from there,
+marked `reused_from`, instead of trained again.
 """
 
 from __future__ import annotations
@@ -33,6 +37,8 @@ _TRIAL_PROCESS = flags.DEFINE_enum("trial_process", "inprocess", TRIAL_PROCESSES
                                    "inprocess: all trials in this process; subprocess: one child process per trial")
 _ON_ERROR = flags.DEFINE_enum("on_trial_error", "stop", ON_ERROR,
                               "stop: a failing trial ends the sweep; skip: log it, go on, exit non-zero at the end")
+_REUSE = flags.DEFINE_multi_string("reuse_from", [], "workdir(s) of the config's reuse sweep whose finished "
+                                   "trials of the same model and recipe stand for this sweep's")
 _CACHE = flags.DEFINE_string("compilation_cache", "auto",
                              "persistent XLA compilation cache: auto (user cache dir), none, or a directory")
 
@@ -65,7 +71,8 @@ def _main(argv):
   cache = compilation_cache_dir(_CACHE.value)
   train_fn = make_trainer(_TRIAL_PROCESS.value, cache)  # in-process imports JAX here: --plan needs none
   logging.info("trials run %s; compilation cache: %s", _TRIAL_PROCESS.value, cache or "off")
-  run_sweep(config, _WORKDIR.value, train_fn, shard, log=logging.info, on_error=_ON_ERROR.value)
+  run_sweep(config, _WORKDIR.value, train_fn, shard, log=logging.info, on_error=_ON_ERROR.value,
+            reuse_from=_REUSE.value)
 
 
 if __name__ == "__main__":

@@ -9,6 +9,10 @@ A sweep config (ml_collections, see configs/sweeps/) holds:
   space_fields  optional {space field: value} set on every space before its own overrides (e.g. stem_type), so
            a regime's geometry is stated once and exercise sweeps derived from the config inherit it
   train    the training config every trial starts from; each trial sets `train.model_spec`
+  reuse    optional {sweep: name, train_fingerprint: hex}: this sweep's trials may take their result from a trial
+           of sweep `name` (in the workdirs passed as reuse_from) that trained the same model with the same recipe,
+           instead of training it again (the exercise sweeps set it for their reference spaces; see
+           `reusable_records`)
 
 Trial i (global index, spaces in config order) belongs to shard i % N; a shard trains its trials round-robin over
 the spaces (`round_robin`), so a partial sweep is balanced. Reruns skip trials already recorded, so a
@@ -20,11 +24,13 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import hashlib
+import json
 import logging
 import os
 import socket
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from regnet_jax.sweep.results import append_record, read_records, results_path
@@ -119,6 +125,14 @@ def error_percent(accuracy) -> float:
   return 100.0 * (1.0 - float(accuracy))
 
 
+def train_fingerprint(train_config) -> str:
+  """A short hash of everything in the training config but the model: two sweeps whose trials train the same
+  model_spec under equal fingerprints ran the same recipe, so one's measurement stands for the other's."""
+  d = train_config.to_dict() if hasattr(train_config, "to_dict") else dict(train_config)
+  d.pop("model_spec", None)
+  return hashlib.sha256(json.dumps(d, sort_keys=True, default=repr).encode()).hexdigest()[:16]
+
+
 def make_record(config, trial: Trial, metrics: Mapping[str, Any], seconds: float) -> dict[str, Any]:
   s = trial.sample
   final = metrics["eval_accuracy"]
@@ -139,7 +153,55 @@ def make_record(config, trial: Trial, metrics: Mapping[str, Any], seconds: float
       "batch_size": int(config.train.get("batch_size", 0)),
       "final_error": error_percent(final), "best_error": error_percent(best),
       "seconds": round(seconds, 3), "metrics": scalars, "host": socket.gethostname(), "finished_at": time.time(),
+      "train_fingerprint": train_fingerprint(config.train),
   }
+
+
+def reusable_records(config, reuse_from: Sequence[str], log: Callable[[str], None] = logging.info
+                     ) -> dict[tuple, tuple[str, dict[str, Any]]]:
+  """{(spec JSON, sampling seed): (workdir, record)} of finished trials that this sweep may take over.
+
+  Only when the config declares `reuse` (sweep name and the training recipe's fingerprint, fixed when the config was
+  built) and its training config still has that fingerprint: a command-line override of the recipe (another budget,
+  say) makes the reference trials a different experiment, so nothing is reused and every trial trains. A record must
+  also agree on what it states itself: seed, training seed, steps, batch size and, where recorded, fingerprint.
+  """
+  if not reuse_from:
+    return {}
+  reuse = config.get("reuse")
+  if reuse is None:
+    raise SweepError(f"sweep {config.name!r} declares no `reuse` (reference sweep and recipe fingerprint), so "
+                     "--reuse_from cannot know which trials stand for its own; drop --reuse_from")
+  mine = train_fingerprint(config.train)
+  if mine != reuse.train_fingerprint:
+    log(f"sweep {config.name}: its training config differs from sweep {reuse.sweep!r}'s (fingerprint {mine} vs "
+        f"{reuse.train_fingerprint}: a command-line override?), so no trial is reused; every trial trains")
+    return {}
+  t = config.train
+  want = {"seed": int(config.seed), "train_seed": int(t.get("seed", 0)), "batch_size": int(t.get("batch_size", 0))}
+  if t.get("num_train_steps") is not None:  # otherwise the steps follow from epochs, covered by the fingerprint
+    want["train_steps"] = int(t.num_train_steps)
+  found = {}
+  for workdir in reuse_from:
+    path = results_path(workdir)
+    if not os.path.exists(path):
+      raise SweepError(f"--reuse_from={workdir}: no {path}; pass the workdir of a run of sweep {reuse.sweep!r}")
+    for r in read_records(path):
+      if r.get("sweep") != reuse.sweep or r.get("reused_from") is not None:
+        continue
+      if any(r.get(k) != v for k, v in want.items()) or r.get("train_fingerprint", mine) != mine:
+        continue
+      found.setdefault((json.dumps(r["spec"], sort_keys=True), r["seed"]), (workdir, r))
+  return found
+
+
+def reused_record(config, trial: Trial, workdir: str, source: Mapping[str, Any]) -> dict[str, Any]:
+  """The reference trial's record as one of this sweep's, naming where it came from."""
+  r = dict(source)
+  r.update({"sweep": config.name, "trial": trial.trial_id, "index": trial.index, "space": trial.sample.space,
+            "reused_from": {"sweep": source["sweep"], "trial": source["trial"], "workdir": workdir},
+            "train_fingerprint": train_fingerprint(config.train), "finished_at": time.time()})
+  return r
 
 
 def finished_trials(config, workdir: str) -> dict[str, dict[str, Any]]:
@@ -148,7 +210,8 @@ def finished_trials(config, workdir: str) -> dict[str, dict[str, Any]]:
 
 
 def run_sweep(config, workdir: str, train_fn: TrainFn, shard: Shard = Shard(),
-              log: Callable[[str], None] = logging.info, on_error: str = "stop") -> list[dict[str, Any]]:
+              log: Callable[[str], None] = logging.info, on_error: str = "stop",
+              reuse_from: Sequence[str] = ()) -> list[dict[str, Any]]:
   """Train this shard's unfinished trials in order; returns the records written by this call.
 
   `train_fn(train_config, trial_workdir) -> metrics` must return `eval_accuracy` (and ideally `best_eval_accuracy`);
@@ -156,6 +219,8 @@ def run_sweep(config, workdir: str, train_fn: TrainFn, shard: Shard = Shard(),
   as preempted is not recorded: the sweep stops there, and the next run resumes that trial from its checkpoint.
   on_error="stop" lets a trial's exception end the sweep; "skip" logs it to failures.jsonl, goes on with the next
   trial and raises SweepError at the end naming the failed ones (unrecorded: the next run retries them).
+  reuse_from: workdirs of the config's `reuse` sweep; a trial whose model that sweep already trained with the same
+  recipe is recorded from it (marked `reused_from`) instead of trained (see `reusable_records`).
   """
   if on_error not in ON_ERROR:
     raise SweepError(f"on_error={on_error!r} must be one of {', '.join(ON_ERROR)}")
@@ -168,9 +233,23 @@ def run_sweep(config, workdir: str, train_fn: TrainFn, shard: Shard = Shard(),
                        "model than the config samples now (the config changed since); use a new --workdir or "
                        "restore the config")
   todo = round_robin([t for t in mine if t.trial_id not in done])
+  written, failed = [], []
+  reusable = reusable_records(config, reuse_from, log)
+  if reusable:
+    left = []
+    for t in todo:
+      hit = reusable.get((json.dumps(spec_to_dict(t.sample.spec), sort_keys=True), int(config.seed)))
+      if hit is None:
+        left.append(t)
+        continue
+      record = reused_record(config, t, *hit)
+      append_record(results_path(workdir), record)
+      written.append(record)
+    log(f"sweep {config.name}: {len(todo) - len(left)} trial(s) taken from {config.reuse.sweep!r} "
+        f"({', '.join(reuse_from)}) instead of trained")
+    todo = left
   log(f"sweep {config.name}: {len(trials)} trials, shard {shard.index}/{shard.count} owns {len(mine)}, "
       f"{len(mine) - len(todo)} already finished, {len(todo)} to run")
-  written, failed = [], []
   for n, t in enumerate(todo, start=1):
     start = time.perf_counter()
     try:
