@@ -116,9 +116,12 @@ def build(spec: AnyNetSpec, *, num_classes: int, in_channels: int):
   return net
 
 
-def time_train_step(name: str, *, batch_size: int, image_size: int, channels: int, num_classes: int, steps: int,
-                    warmup: int, mode: str = "train", channels_last: bool = True, bf16: bool = False) -> dict:
-  """`bf16`: torch.autocast("cpu", bfloat16) around the forward pass and loss, f32 parameters and optimiser
+def make_step(name: str, *, batch_size: int, image_size: int, channels: int, num_classes: int, mode: str = "train",
+              channels_last: bool = True, bf16: bool = False):
+  """(step, impl): `step()` runs one train step (forward, loss, backward, SGD Nesterov with weight decay, BN
+  statistics) or, for mode="eval", one forward under `torch.inference_mode()`, on a fixed random batch.
+
+  `bf16`: torch.autocast("cpu", bfloat16) around the forward pass and loss, f32 parameters and optimiser
   (the counterpart of our half_precision)."""
   import contextlib
 
@@ -148,6 +151,17 @@ def time_train_step(name: str, *, batch_size: int, image_size: int, channels: in
         net(x)
 
   net.train(mode == "train")
+  impl = f"pytorch eager{' channels_last' if channels_last else ''}{' autocast bf16' if bf16 else ''}"
+  return step, impl
+
+
+def time_train_step(name: str, *, batch_size: int, image_size: int, channels: int, num_classes: int, steps: int,
+                    warmup: int, mode: str = "train", channels_last: bool = True, bf16: bool = False) -> dict:
+  """Median and best of `steps` timed steps of `make_step` after `warmup` untimed ones."""
+  import torch
+
+  step, impl = make_step(name, batch_size=batch_size, image_size=image_size, channels=channels,
+                         num_classes=num_classes, mode=mode, channels_last=channels_last, bf16=bf16)
   for _ in range(warmup):
     step()
   times = []
@@ -156,8 +170,7 @@ def time_train_step(name: str, *, batch_size: int, image_size: int, channels: in
     step()
     times.append(time.perf_counter() - t)
   med = statistics.median(times)
-  return {"impl": f"pytorch eager{' channels_last' if channels_last else ''}{' autocast bf16' if bf16 else ''}",
-          "torch": torch.__version__,
+  return {"impl": impl, "torch": torch.__version__,
           "threads": torch.get_num_threads(), "step_s_median": med, "step_s_min": min(times),
           "img_per_s": batch_size / med, "peak_rss_mb": peak_rss_mb()}
 

@@ -176,9 +176,9 @@ def test_compare_torch_holds_pytorch_to_its_faster_environment():
   assert [("stock" if s >= o else "same") for s, o in zip(by_env["stock"], by_env["same"])] == t["round_env"]
 
 
-def test_tabulate_renders_one_run(tmp_path):
-  """benchmarks/tabulate.py: the README tables from run_bench.sh's JSON lines (peak first)."""
-  spec = importlib.util.spec_from_file_location("tabulate", os.path.join(ROOT, "benchmarks", "tabulate.py"))
+def test_bench_tables_renders_one_run(tmp_path):
+  """benchmarks/bench_tables.py: the README tables from run_bench.sh's JSON lines (peak first)."""
+  spec = importlib.util.spec_from_file_location("bench_tables", os.path.join(ROOT, "benchmarks", "bench_tables.py"))
   tab = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(tab)
   base = dict(model="regnetx32", batch_size=128, image_size=96, channels=1, mode="train", conv_impl="auto",
@@ -201,3 +201,55 @@ def test_tabulate_renders_one_run(tmp_path):
   assert "`split` + bn `xla` | 60.0 (25%)" in text
   assert "regnety_200mf 4.2" in text and "f32 200 GFLOP/s" in text
   assert tab.allocator(dict(glibc_tunables="glibc.malloc.mmap_max=0")) == "retain"
+
+
+def _load_script(name):
+  spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "benchmarks", f"{name}.py"))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def test_profile_torch_buckets_both_sides_alike():
+  pt = _load_script("profile_torch")
+  assert pt.torch_bucket("aten::mkldnn_convolution") == "convolution"
+  assert pt.torch_bucket("autograd::engine::evaluate_function: ConvolutionBackward0") == "convolution"
+  assert pt.torch_bucket("aten::native_batch_norm_backward") == "bn+relu"
+  assert pt.torch_bucket("aten::threshold_backward") == "bn+relu"
+  assert pt.torch_bucket("aten::addmm") == "matmul" and pt.torch_bucket("aten::add_") == "other"
+  assert pt.ours_bucket("custom-call:RegnetConvBwdWeights") == "convolution"
+  assert pt.ours_bucket("custom-call:RegnetConvInferResidual") == "convolution"
+  assert pt.ours_bucket("custom-call:RegnetBnBwdResidual") == "bn+relu"
+  assert pt.ours_bucket("fusion:kOutput:convolution") == "convolution" and pt.ours_bucket("dot") == "matmul"
+  assert pt.ours_bucket("fusion:kLoop:add_bitcast") == "other"
+  ours = {"step_ms": 50.0, "kinds": [{"kind": "custom-call:RegnetConvFwd", "ms_per_step": 20.0},
+                                     {"kind": "custom-call:RegnetConvBwdData", "ms_per_step": 5.0},
+                                     {"kind": "custom-call:RegnetBnFwd", "ms_per_step": 15.0},
+                                     {"kind": "fusion:kLoop:add", "ms_per_step": 10.0}]}
+  theirs = {"step_ms": 100.0, "buckets": dict.fromkeys(pt.BUCKETS, 25.0)}
+  s = pt.side_by_side(theirs, ours)
+  assert s["ours"] == {"convolution": 25.0, "bn+relu": 15.0, "matmul": 0.0, "other": 10.0}
+  assert s["ratio_now"] == 2.0 and s["ratio_ceiling_convs_only"] == 4.0
+
+
+def test_profile_torch_profiles_the_reference_step(tmp_path):
+  pytest.importorskip("torch")
+  pt = _load_script("profile_torch")
+  ours = tmp_path / "ours.json"
+  ours.write_text(json.dumps({"model": "regnetx32", "batch_size": 4, "image_size": 32, "half_precision": False,
+                              "mode": "train", "step_ms": 10.0,
+                              "kinds": [{"kind": "custom-call:RegnetConvFwd", "ms_per_step": 4.0}]}))
+  out_json = tmp_path / "torch.json"
+  args = ["--model=regnetx32", "--batch-size=4", "--image-size=32", "--channels=1", "--num-classes=10",
+          "--steps=1", "--warmup=1"]
+  assert pt.main(args + [f"--ours={ours}", f"--json={out_json}"]) == 0
+  out = json.loads(out_json.read_text())
+  # The step's work lands in aten ops: convolutions forward and backward, batch norm, and the buckets add up.
+  assert out["buckets"]["convolution"] > 0 and out["buckets"]["bn+relu"] > 0
+  assert abs(sum(out["buckets"].values()) - out["in_ops_ms"]) < 1e-6 * out["in_ops_ms"]
+  assert out["in_ops_ms"] <= 1.05 * out["step_ms"]  # self times do not double-count nested ops
+  names = {o["op"] for o in out["ops"]}
+  assert "aten::native_batch_norm" in names and "aten::convolution_backward" in names
+  assert out["side_by_side"]["ratio_ceiling_convs_only"] == pytest.approx(out["step_ms"] / 4.0)
+  with pytest.raises(SystemExit, match="profiles another configuration"):
+    pt.main(args[:1] + ["--batch-size=8"] + args[2:] + [f"--ours={ours}"])

@@ -1,6 +1,6 @@
 """The README Performance tables from one run of benchmarks/run_bench.sh: markdown on stdout.
 
-  python benchmarks/tabulate.py docs/bench/DATE_run_bench.jsonl
+  python benchmarks/bench_tables.py docs/bench/DATE_run_bench.jsonl
 
 Train and eval rows per model: img/s in f32 and bf16, achieved GFLOP/s as a fraction of the measured peak (the
 run's first line, benchmarks/peak.py), PyTorch's img/s in the same run (each round under its faster
@@ -84,7 +84,7 @@ def tables(lines: list[dict]) -> str:
 def main(argv=None) -> int:
   argv = sys.argv[1:] if argv is None else argv
   if len(argv) != 1:
-    print("usage: python benchmarks/tabulate.py RUN_BENCH.jsonl", file=sys.stderr)
+    print("usage: python benchmarks/bench_tables.py RUN_BENCH.jsonl", file=sys.stderr)
     return 2
   with open(argv[0]) as f:
     lines = [json.loads(l) for l in f if l.strip()]

@@ -1,0 +1,148 @@
+"""Where the PyTorch reference step's time goes, per aten op, and side by side with ours by what each op computes.
+
+  python benchmarks/profile_torch.py --model=regnetx32 --batch-size=128 --image-size=96 --channels=1 \
+      --num-classes=10 [--bf16] [--mode=train|eval] [--steps=5] [--ours=OURS.json] [--json=F]
+
+Runs `regnet_jax.torch_reference.make_step` (the step `bench --compare-torch` times) under `torch.profiler` and sums
+each aten op's self CPU time per step (self: a parent's time excludes its children's, so nothing counts twice;
+PyTorch runs an op's OpenMP threads inside the call, so self time is wall time on the calling thread).
+
+--ours takes `benchmarks/profile_step.py --json` output of the same model, batch, precision and mode. Both
+sides' ops are grouped into the same buckets (convolution, bn+relu, matmul, other) and printed side by side,
+with the ceiling that follows: if everything but our convolutions took no time at all, our step could be at most
+torch step / our conv time faster than PyTorch. A speed target above that ceiling needs faster convolutions, not
+faster glue. Figures are for the machine and load at hand: run both profiles in one quiet session.
+"""
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import re
+import sys
+import time
+
+# "bn+relu": our batch-norm kernels also apply the ReLU (and the residual add) after the BN, so PyTorch's ReLU ops
+# (forward clamp_min / relu, backward threshold_backward) count there too; its residual adds stay in "other".
+BUCKETS = ("convolution", "bn+relu", "matmul", "other")
+
+
+def torch_bucket(op: str) -> str:
+  """An aten op or autograd node name -> the bucket of what it computes."""
+  if re.search(r"conv", op, re.IGNORECASE):
+    return "convolution"
+  if re.search(r"batch_?norm|relu|threshold|clamp_min", op, re.IGNORECASE):
+    return "bn+relu"
+  if re.fullmatch(r"aten::(addmm|mm|bmm|linear|matmul)|AddmmBackward0", op):
+    return "matmul"
+  return "other"
+
+
+def ours_bucket(kind: str) -> str:
+  """A profile_step.py kind (custom-call target, fusion kind and name, or HLO opcode) -> its bucket."""
+  if kind.startswith("custom-call:"):
+    target = kind.split(":", 1)[1]
+    if "Conv" in target:
+      return "convolution"
+    if target.startswith("RegnetBn"):
+      return "bn+relu"
+    return "other"
+  if "convolution" in kind:  # XLA's own convs (conv_impl=xla), possibly fused with a bias or a pad
+    return "convolution"
+  if kind == "dot" or kind.endswith(":dot"):
+    return "matmul"
+  return "other"
+
+
+def buckets(rows, bucket_of) -> dict[str, float]:
+  """[(name or kind, ms per step)] -> {bucket: ms per step} over BUCKETS."""
+  out = dict.fromkeys(BUCKETS, 0.0)
+  for name, ms in rows:
+    out[bucket_of(name)] += ms
+  return out
+
+
+def profile(step, steps: int, warmup: int) -> dict:
+  """Per aten op: self CPU ms per step and calls per step, plus the step's wall ms, over `steps` profiled steps."""
+  import torch
+
+  for _ in range(warmup):
+    step()
+  with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+    t = time.perf_counter()
+    for _ in range(steps):
+      step()
+    wall_s = time.perf_counter() - t
+  per_op = collections.defaultdict(lambda: [0.0, 0])
+  for e in prof.key_averages():
+    per_op[e.key][0] += e.self_cpu_time_total / 1e3 / steps  # us -> ms per step
+    per_op[e.key][1] += e.count / steps
+  ops = [{"op": k, "bucket": torch_bucket(k), "ms_per_step": v[0], "calls_per_step": v[1]}
+         for k, v in per_op.items() if v[0] > 0]
+  ops.sort(key=lambda o: -o["ms_per_step"])
+  return {"step_ms": wall_s * 1e3 / steps, "in_ops_ms": sum(o["ms_per_step"] for o in ops), "ops": ops,
+          "buckets": buckets([(o["op"], o["ms_per_step"]) for o in ops], torch_bucket)}
+
+
+def side_by_side(torch_profile: dict, ours: dict) -> dict:
+  """Both profiles' buckets, and the ratio ceiling torch step / our conv time."""
+  ours_b = buckets([(k["kind"], k["ms_per_step"]) for k in ours["kinds"]], ours_bucket)
+  conv = ours_b["convolution"]
+  return {"torch_step_ms": torch_profile["step_ms"], "ours_step_ms": ours["step_ms"],
+          "torch": torch_profile["buckets"], "ours": ours_b,
+          "ratio_now": torch_profile["step_ms"] / ours["step_ms"],
+          "ratio_ceiling_convs_only": torch_profile["step_ms"] / conv if conv > 0 else float("inf")}
+
+
+def main(argv=None) -> int:
+  p = argparse.ArgumentParser(prog="python benchmarks/profile_torch.py", description=__doc__.split("\n")[0])
+  p.add_argument("--model", required=True)
+  p.add_argument("--batch-size", type=int, default=128)
+  p.add_argument("--image-size", type=int, default=224)
+  p.add_argument("--channels", type=int, default=3)
+  p.add_argument("--num-classes", type=int, default=1000)
+  p.add_argument("--bf16", action="store_true", help="torch.autocast bfloat16, as bench --half-precision compares")
+  p.add_argument("--mode", choices=("train", "eval"), default="train")
+  p.add_argument("--steps", type=int, default=5)
+  p.add_argument("--warmup", type=int, default=2)
+  p.add_argument("--top", type=int, default=20, help="ops to print")
+  p.add_argument("--ours", default="", help="profile_step.py --json output of the same configuration")
+  p.add_argument("--json", default="", help="also write the full summary here")
+  a = p.parse_args(argv)
+  ours = None
+  if a.ours:
+    with open(a.ours) as f:
+      ours = json.load(f)
+    want = {"model": a.model, "batch_size": a.batch_size, "image_size": a.image_size, "half_precision": a.bf16,
+            "mode": a.mode}
+    differ = {k: (ours.get(k), v) for k, v in want.items() if ours.get(k) != v}
+    if differ:
+      raise SystemExit(f"--ours={a.ours} profiles another configuration ({differ}: theirs, asked); profile the "
+                       "same model, batch, image size, precision and mode on both sides")
+  from regnet_jax import torch_reference
+  step, impl = torch_reference.make_step(a.model, batch_size=a.batch_size, image_size=a.image_size,
+                                         channels=a.channels, num_classes=a.num_classes, mode=a.mode, bf16=a.bf16)
+  out = profile(step, a.steps, a.warmup)
+  out.update(model=a.model, batch_size=a.batch_size, image_size=a.image_size, bf16=a.bf16, mode=a.mode,
+             steps=a.steps, impl=impl)
+  print(f"{impl} {a.model} b{a.batch_size} {a.image_size}px {a.mode}: {out['step_ms']:.1f} ms/step profiled, "
+        f"{out['in_ops_ms']:.1f} ms in aten ops (self time)")
+  print(f"\n{'op':44s} {'bucket':12s} {'ms/step':>8s} {'calls':>6s}")
+  for o in out["ops"][:a.top]:
+    print(f"{o['op'][:44]:44s} {o['bucket']:12s} {o['ms_per_step']:8.2f} {o['calls_per_step']:6.0f}")
+  if ours is not None:
+    out["side_by_side"] = s = side_by_side(out, ours)
+    print(f"\n{'bucket':12s} {'pytorch ms':>10s} {'ours ms':>8s}")
+    for b in BUCKETS:
+      print(f"{b:12s} {s['torch'][b]:10.1f} {s['ours'][b]:8.1f}")
+    print(f"{'step':12s} {s['torch_step_ms']:10.1f} {s['ours_step_ms']:8.1f}")
+    print(f"\nratio to PyTorch now {s['ratio_now']:.2f}x; ceiling with only our convolutions left "
+          f"{s['ratio_ceiling_convs_only']:.2f}x")
+  if a.json:
+    with open(a.json, "w") as f:
+      json.dump(out, f, indent=1)
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
