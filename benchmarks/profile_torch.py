@@ -8,9 +8,9 @@ each aten op's self CPU time per step (self: a parent's time excludes its childr
 PyTorch runs an op's OpenMP threads inside the call, so self time is wall time on the calling thread).
 
 --ours takes `benchmarks/profile_step.py --json` output of the same model, batch, precision and mode. Both
-sides' ops are grouped into the same buckets (convolution, bn+relu, matmul, other) and printed side by side,
+sides' ops are grouped into the same buckets (conv/matmul, bn+relu, other) and printed side by side,
 with the ceiling that follows: if everything but our convolutions took no time at all, our step could be at most
-torch step / our conv time faster than PyTorch. A speed target above that ceiling needs faster convolutions, not
+torch step / our conv and matmul time faster than PyTorch. A speed target above that ceiling needs faster convolutions, not
 faster glue. Figures are for the machine and load at hand: run both profiles in one quiet session.
 """
 from __future__ import annotations
@@ -22,19 +22,19 @@ import re
 import sys
 import time
 
-# "bn+relu": our batch-norm kernels also apply the ReLU (and the residual add) after the BN, so PyTorch's ReLU ops
-# (forward clamp_min / relu, backward threshold_backward) count there too; its residual adds stay in "other".
-BUCKETS = ("convolution", "bn+relu", "matmul", "other")
+# "conv/matmul": every convolution and matrix product; one bucket because XLA lowers 1x1 convs to dots and, on a
+# CPU without oneDNN's fast kernels, convs and dots to YNNPACK fusions ("ynn"). "bn+relu": our batch-norm kernels
+# also apply the ReLU (and the residual add) after the BN, so PyTorch's ReLU ops (forward clamp_min / relu,
+# backward threshold_backward) count there too; its residual adds stay in "other", with layout and dtype copies.
+BUCKETS = ("conv/matmul", "bn+relu", "other")
 
 
 def torch_bucket(op: str) -> str:
   """An aten op or autograd node name -> the bucket of what it computes."""
-  if re.search(r"conv", op, re.IGNORECASE):
-    return "convolution"
+  if re.search(r"conv", op, re.IGNORECASE) or re.fullmatch(r"aten::(addmm|mm|bmm|linear|matmul)|AddmmBackward0", op):
+    return "conv/matmul"
   if re.search(r"batch_?norm|relu|threshold|clamp_min", op, re.IGNORECASE):
     return "bn+relu"
-  if re.fullmatch(r"aten::(addmm|mm|bmm|linear|matmul)|AddmmBackward0", op):
-    return "matmul"
   return "other"
 
 
@@ -43,14 +43,12 @@ def ours_bucket(kind: str) -> str:
   if kind.startswith("custom-call:"):
     target = kind.split(":", 1)[1]
     if "Conv" in target:
-      return "convolution"
+      return "conv/matmul"
     if target.startswith("RegnetBn"):
       return "bn+relu"
     return "other"
-  if "convolution" in kind:  # XLA's own convs (conv_impl=xla), possibly fused with a bias or a pad
-    return "convolution"
-  if kind == "dot" or kind.endswith(":dot"):
-    return "matmul"
+  if "convolution" in kind or kind == "dot" or kind.endswith((":dot", ":ynn")):
+    return "conv/matmul"
   return "other"
 
 
@@ -87,7 +85,7 @@ def profile(step, steps: int, warmup: int) -> dict:
 def side_by_side(torch_profile: dict, ours: dict) -> dict:
   """Both profiles' buckets, and the ratio ceiling torch step / our conv time."""
   ours_b = buckets([(k["kind"], k["ms_per_step"]) for k in ours["kinds"]], ours_bucket)
-  conv = ours_b["convolution"]
+  conv = ours_b["conv/matmul"]
   return {"torch_step_ms": torch_profile["step_ms"], "ours_step_ms": ours["step_ms"],
           "torch": torch_profile["buckets"], "ours": ours_b,
           "ratio_now": torch_profile["step_ms"] / ours["step_ms"],

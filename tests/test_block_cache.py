@@ -166,6 +166,7 @@ def test_min_size_setting_fork_and_threads(library):
   """, REGNET_JAX_BLOCK_MIN_MB="8")
 
 
+@pytest.mark.slow  # CI runs it (.ci/run: -m slow); the default suite stays near 10 minutes
 def test_jax_computes_the_same_under_it(library, tmp_path):
   import numpy as np
   code = """

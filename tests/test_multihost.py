@@ -131,6 +131,7 @@ def straight_runs(tmp_path_factory, data_dir, env):
   return one, two
 
 
+@pytest.mark.slow  # CI runs it (.ci/run: -m slow); the default suite stays near 10 minutes
 def test_2_processes_x_2_devices_train_like_1_process_x_4_devices(straight_runs, data_dir):
   one, two = straight_runs
   for key in ("train_loss", "eval_loss", "eval_accuracy"):
