@@ -86,12 +86,22 @@ def test_statistics_exact_when_the_mean_dwarfs_the_spread():
   np.testing.assert_allclose(np.asarray(y).reshape(-1, C), want_y, atol=5e-3)
 
 
-def test_nan_input_stays_visible():
-  """A NaN activation (diverged training) must reach the statistics and outputs, not be clamped away."""
-  x = jnp.ones((1, 4, 3, 3, C)).at[0, 1, 1, 1, 5].set(jnp.nan)
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_nan_input_stays_visible(dtype):
+  """A NaN activation (diverged training) must reach the statistics, outputs and gradients, not be clamped away
+  (bfloat16: the kernels' branch-free rounding store keeps NaN a NaN)."""
+  x = jnp.ones((1, 4, 3, 3, C), dtype).at[0, 1, 1, 1, 5].set(jnp.nan)
   y, mean, var = batchnorm_cpu.batch_norm_act(x, jnp.ones((C,)), jnp.zeros((C,)), epsilon=1e-5, relu=True)
-  assert np.isnan(mean[0, 5]) and np.isnan(var[0, 5]) and np.isnan(np.asarray(y)[..., 5]).all()
+  assert np.isnan(mean[0, 5]) and np.isnan(var[0, 5]) and np.isnan(np.asarray(y, np.float32)[..., 5]).all()
   assert np.isfinite(np.asarray(var)[0, :5]).all()
+  assert np.isfinite(np.asarray(y, np.float32)[..., :5]).all()
+
+  def loss(x):
+    y, _, _ = batchnorm_cpu.batch_norm_act(x, jnp.ones((C,)), jnp.full((C,), 0.5), epsilon=1e-5, relu=False)
+    return jnp.sum(y.astype(jnp.float32) * jnp.arange(C))
+
+  dx = np.asarray(jax.grad(loss)(x), np.float32)
+  assert np.isnan(dx[..., 5]).all() and np.isfinite(dx[..., :5]).all()
 
 
 def test_gradient_through_the_returned_statistics():

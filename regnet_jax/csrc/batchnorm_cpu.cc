@@ -38,15 +38,14 @@ inline float Load(const uint16_t* p, int64_t i) {
   std::memcpy(&f, &u, 4);
   return f;
 }
-inline void Store(uint16_t* p, int64_t i, float v) {  // round to nearest even, like XLA's convert
+// Round to nearest even, like XLA's convert; NaN stays NaN. Branch-free: with an early return for NaN, GCC left
+// the loops that store bfloat16 scalar (the dx pass of the backward ran 2.6x slower than in float32 on AVX2).
+inline void Store(uint16_t* p, int64_t i, float v) {
   uint32_t u;
   std::memcpy(&u, &v, 4);
-  if ((u & 0x7fffffffu) > 0x7f800000u) {
-    p[i] = 0x7fc0;  // NaN stays NaN
-    return;
-  }
-  u += 0x7fffu + ((u >> 16) & 1u);
-  p[i] = static_cast<uint16_t>(u >> 16);
+  const uint32_t rounded = u + 0x7fffu + ((u >> 16) & 1u);
+  const bool nan = (u & 0x7fffffffu) > 0x7f800000u;
+  p[i] = static_cast<uint16_t>((nan ? 0x7fc00000u : rounded) >> 16);
 }
 
 // scale / sqrt(var + eps) from the float32 variance the forward returns: the backward recomputes it bit for bit.
@@ -306,7 +305,7 @@ void Backward(const T* __restrict x, const T* __restrict y, const T* __restrict 
         float gj = Load(dys, ay);
         if (kRelu) {
           bool on = kRes ? Load(ys, ay) > 0.f : PreActivation(Load(xs, ax), m[j], fs[j], fb[j]) > 0.f;
-          if (!on) gj = 0.f;
+          gj = on ? gj : 0.f;  // a select, not a branch, so that the loop vectorises
         }
         return gj;
       };
