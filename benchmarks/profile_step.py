@@ -30,7 +30,7 @@ if __name__ == "__main__":
 
 import jax
 
-from regnet_jax import bench
+from regnet_jax import bench, step_args
 
 # Profiler bookkeeping on the XLA threads, not ops.
 _SKIP = re.compile(r"^(end: |ThreadpoolListener|ThunkExecutor|ThreadPool|Eigen|\$)")
@@ -115,15 +115,10 @@ def summarise(events: list[dict], kinds: dict[str, tuple[str, str]], steps: int,
 
 def main(argv=None) -> int:
   p = argparse.ArgumentParser(prog="python benchmarks/profile_step.py", description=__doc__.split("\n")[0])
-  p.add_argument("--model", required=True)
-  p.add_argument("--batch-size", type=int, default=128)
-  p.add_argument("--image-size", type=int, default=224)
-  p.add_argument("--channels", type=int, default=3)
-  p.add_argument("--num-classes", type=int, default=1000)
+  step_args.add_step_args(p)
   p.add_argument("--conv-impl", default="auto")
   p.add_argument("--bn-impl", default="auto")
   p.add_argument("--half-precision", action="store_true")
-  p.add_argument("--mode", choices=("train", "eval"), default="train")
   p.add_argument("--steps", type=int, default=5)
   p.add_argument("--warmup", type=int, default=2)
   p.add_argument("--top", type=int, default=25, help="ops to print")

@@ -22,6 +22,8 @@ import re
 import sys
 import time
 
+from regnet_jax import step_args
+
 # "conv/matmul": every convolution and matrix product; one bucket because XLA lowers 1x1 convs to dots and, on a
 # CPU without oneDNN's fast kernels, convs and dots to YNNPACK fusions ("ynn"). "bn+relu": our batch-norm kernels
 # also apply the ReLU (and the residual add) after the BN, so PyTorch's ReLU ops (forward clamp_min / relu,
@@ -94,13 +96,8 @@ def side_by_side(torch_profile: dict, ours: dict) -> dict:
 
 def main(argv=None) -> int:
   p = argparse.ArgumentParser(prog="python benchmarks/profile_torch.py", description=__doc__.split("\n")[0])
-  p.add_argument("--model", required=True)
-  p.add_argument("--batch-size", type=int, default=128)
-  p.add_argument("--image-size", type=int, default=224)
-  p.add_argument("--channels", type=int, default=3)
-  p.add_argument("--num-classes", type=int, default=1000)
+  step_args.add_step_args(p)
   p.add_argument("--bf16", action="store_true", help="torch.autocast bfloat16, as bench --half-precision compares")
-  p.add_argument("--mode", choices=("train", "eval"), default="train")
   p.add_argument("--steps", type=int, default=5)
   p.add_argument("--warmup", type=int, default=2)
   p.add_argument("--top", type=int, default=20, help="ops to print")

@@ -37,7 +37,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from regnet_jax import anynet, complexity, config as config_lib, optim, runtime, sharding, steps, zoo
+from regnet_jax import anynet, complexity, config as config_lib, optim, runtime, sharding, step_args, steps, zoo
 from regnet_jax.data import DatasetInfo
 from regnet_jax.torch_reference import peak_rss_mb
 
@@ -207,16 +207,11 @@ def torch_round(args) -> dict:
 
 def main(argv=None) -> int:
   p = argparse.ArgumentParser(prog="python -m regnet_jax.bench", description=__doc__.split("\n")[0])
-  p.add_argument("--model", required=True, help="zoo name")
-  p.add_argument("--batch-size", type=int, default=128)
-  p.add_argument("--image-size", type=int, default=224)
-  p.add_argument("--channels", type=int, default=3)
-  p.add_argument("--num-classes", type=int, default=1000)
+  step_args.add_step_args(p)
   p.add_argument("--conv-impl", default="auto")
   p.add_argument("--bn-impl", default="auto", help="xla, native (fused BN+add+ReLU, CPU) or auto")
   p.add_argument("--half-precision", action="store_true", help="bf16 compute, f32 parameters")
   p.add_argument("--scan-blocks", action="store_true", help="nn.scan over identical blocks")
-  p.add_argument("--mode", choices=("train", "eval"), default="train")
   p.add_argument("--steps", type=int, default=10, help="timed steps (median and min reported)")
   p.add_argument("--warmup", type=int, default=2, help="untimed steps after compilation")
   p.add_argument("--compare-torch", action="store_true", help="also time PyTorch eager channels_last")

@@ -16,7 +16,7 @@ import statistics
 import sys
 import time
 
-from regnet_jax import zoo
+from regnet_jax import step_args, zoo
 from regnet_jax.specs import AnyNetSpec
 
 
@@ -177,14 +177,9 @@ def time_train_step(name: str, *, batch_size: int, image_size: int, channels: in
 
 def main(argv=None) -> int:
   p = argparse.ArgumentParser(prog="python -m regnet_jax.torch_reference")
-  p.add_argument("--model", required=True)
-  p.add_argument("--batch-size", type=int, default=128)
-  p.add_argument("--image-size", type=int, default=224)
-  p.add_argument("--channels", type=int, default=3)
-  p.add_argument("--num-classes", type=int, default=1000)
+  step_args.add_step_args(p)
   p.add_argument("--steps", type=int, default=10)
   p.add_argument("--warmup", type=int, default=2)
-  p.add_argument("--mode", choices=("train", "eval"), default="train")
   p.add_argument("--nchw", action="store_true", help="contiguous NCHW instead of channels_last")
   p.add_argument("--bf16", action="store_true", help="torch.autocast bfloat16 (f32 parameters)")
   p.add_argument("--json", action="store_true")
