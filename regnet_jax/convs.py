@@ -295,7 +295,11 @@ def resolve_impl(impl: str, *, k, stride, groups, cin, cout, spatial, backend=No
     # Only on a single device: XLA's partitioner knows nothing of the FFI call and would gather a batch-sharded
     # input onto every device (correct, but each device then convolves the global batch).
     if jax.device_count() == 1 and onednn.fast(dtype):  # bf16 only where the CPU has it (onednn.probe)
-      return "onednn"
+      h, w = (spatial, spatial) if isinstance(spatial, int) else spatial
+      if onednn.layer_fast(dtype, k=k, stride=stride, groups=groups, cin=cin, cout=cout, h=h, w=w,
+                           batch=batch or 2):
+        return "onednn"
+      # oneDNN has only reference loops for this layer here (100-300x slower): the XLA plans below.
     # From benchmarks/conv_microbench.py on a shared 2-core CPU (f32; ratios = time / xla, same run):
     #   1x1 convs (any stride): im2col = matmul 0.12-0.6 (split/xla ~1.0).
     #   dense 3x3 stem, Cin 1 or 3, stride 2: im2col 0.5-0.9.

@@ -129,6 +129,7 @@ def _load() -> tuple[ctypes.CDLL | None, str | None]:
     jax.ffi.register_ffi_target(_FFI_PREFIX + symbol, jax.ffi.pycapsule(getattr(lib, symbol)), platform="cpu")
   lib.RegnetOnednnVersion.restype = ctypes.c_char_p
   lib.RegnetOnednnProbe.argtypes = [ctypes.c_int, ctypes.c_int]
+  lib.RegnetOnednnLayerIsRef.argtypes = [ctypes.c_int, ctypes.c_int] + [ctypes.c_int64] * 8
   return lib, None
 
 
@@ -159,6 +160,21 @@ def supports(dtype) -> bool:
 def fast(dtype, blocked: bool = False) -> bool:
   """Whether oneDNN has optimised kernels for this dtype and layout here: what conv_impl="auto" requires."""
   return available() and probe(dtype, blocked) == OPTIMISED
+
+
+@functools.cache
+def layer_fast(dtype, *, k: int, stride: int, groups: int, cin: int, cout: int, h: int, w: int, batch: int = 2,
+               blocked: bool = False) -> bool:
+  """Whether oneDNN has optimised kernels for this one layer in every direction a network may run it (training
+  forward, both gradients, inference forward with its post-ops). `fast` probes typical RegNet layers; some
+  layers have only reference loops even so (on an AVX2-only AMD EPYC: grouped 3x3 convs of 2 or 4 channels per
+  group, where a sweep trial trained at 3.8 img/s instead of ~1000), so conv_impl="auto" asks per layer."""
+  lib, _ = _load()
+  dtype = jnp.dtype(dtype)
+  if lib is None or dtype not in DTYPES:
+    return False
+  return lib.RegnetOnednnLayerIsRef(DTYPES.index(dtype), int(blocked), batch, h, w, cin, cout, k, stride,
+                                    groups) == 0
 
 
 def available() -> bool:

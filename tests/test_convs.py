@@ -268,6 +268,30 @@ def test_a_cpu_without_bf16_convs_keeps_bf16_off_onednn(monkeypatch):
   np.testing.assert_allclose(np.asarray(y, np.float32), _reference(x, kernel, 2, 2), rtol=5e-2, atol=0.15)
 
 
+@pytest.mark.skipif(not ON_X86_LINUX, reason="the oneDNN extension is built for x86-64 Linux only")
+def test_auto_gives_a_layer_with_only_reference_kernels_to_xla(monkeypatch):
+  """oneDNN's reference loops run 100-300x slower (an AVX2 AMD EPYC: groups of 4 channels, a sweep trial at
+  3.8 img/s): auto asks oneDNN per layer, in every direction, and keeps XLA's plan where only those exist."""
+  if not onednn.fast(jnp.float32):
+    pytest.skip("this CPU's oneDNN has no optimised f32 kernels at all: auto never picks it here")
+  pick = functools.partial(convs.resolve_impl, "auto", backend="cpu", batch=8)
+  layers = [dict(k=3, stride=s, groups=c // gw, cin=c, cout=c, spatial=h)
+            for s in (1, 2) for gw in (1, 2, 4, 8, 16, 24) for c, h in ((48, 16), (96, 8)) if c % gw == 0]
+  layers += [dict(k=1, stride=1, groups=1, cin=16, cout=72, spatial=16), dict(k=3, stride=1, groups=1, cin=1,
+             cout=16, spatial=32)]
+  for kw in layers:
+    h = kw["spatial"]
+    fast = onednn.layer_fast(jnp.float32, k=kw["k"], stride=kw["stride"], groups=kw["groups"], cin=kw["cin"],
+                             cout=kw["cout"], h=h, w=h, batch=8)
+    assert (pick(**kw) == "onednn") == fast, kw
+  # Dense 1x1 convs, the probe's own shapes, have optimised kernels wherever fast() says so.
+  assert onednn.layer_fast(jnp.float32, k=1, stride=1, groups=1, cin=32, cout=64, h=16, w=16)
+  # The fallback is the XLA plan the layer would have without oneDNN.
+  monkeypatch.setattr(onednn, "layer_fast", lambda *a, **k: False)
+  assert pick(k=3, stride=1, groups=12, cin=48, cout=48, spatial=16) == "split"
+  assert pick(k=1, stride=1, groups=1, cin=16, cout=72, spatial=16) == "im2col"
+
+
 def test_auto_keeps_xla_plans_under_a_multi_device_mesh(monkeypatch):
   # The FFI call is not partitioned: on 8 devices XLA would gather the batch onto each one.
   monkeypatch.setattr(jax, "device_count", lambda *a: 8)

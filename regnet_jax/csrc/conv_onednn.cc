@@ -335,6 +335,28 @@ extern "C" int RegnetOnednnProbe(int dtype, int blocked) {
   return result;
 }
 
+// Whether oneDNN has only reference code for this layer (1) in any direction the network may run (training
+// forward, both gradients, and the inference forward with each post-op set), 0 if optimised throughout, -1 if it
+// creates no primitive. The probe above covers typical shapes; some (small groups on AVX2-only CPUs, where the
+// im2col kernels are skipped, see IsGemm) have nothing but reference loops, 100-300x slower: the Python side asks
+// per layer at trace time and gives such a layer to XLA (onednn.layer_fast).
+extern "C" int RegnetOnednnLayerIsRef(int dtype, int blocked, int64_t n, int64_t h, int64_t w, int64_t cin,
+                                      int64_t cout, int64_t k, int64_t stride, int64_t groups) {
+  const auto dt = dtype == 1 ? memory::data_type::bf16 : memory::data_type::f32;
+  const Geometry g{n, h, w, cin, cout, k, stride, groups, (h - 1) / stride + 1, (w - 1) / stride + 1, blocked != 0};
+  try {
+    for (int kind : {kFwd, kBwdData, kBwdWeights}) {
+      if (std::string(MakePlan(kind, g, dt)->impl).rfind("ref", 0) == 0) return 1;
+    }
+    for (int post : {0, static_cast<int>(kPostRelu), kPostResidual | kPostRelu}) {
+      if (std::string(MakePlan(kInfer, g, dt, post)->impl).rfind("ref", 0) == 0) return 1;
+    }
+  } catch (const dnnl::error&) {
+    return -1;
+  }
+  return 0;
+}
+
 extern "C" const char* RegnetOnednnVersion() {
   static std::string v = [] {
     const dnnl_version_t* ver = dnnl_version();
