@@ -255,3 +255,15 @@ def test_profile_torch_profiles_the_reference_step(tmp_path):
   assert out["side_by_side"]["ratio_ceiling_convs_only"] == pytest.approx(out["step_ms"] / 4.0)
   with pytest.raises(SystemExit, match="profiles another configuration"):
     pt.main(args[:1] + ["--batch-size=8"] + args[2:] + [f"--ours={ours}"])
+
+
+def test_bn_microbench_times_both_kernels_in_both_dtypes():
+  from regnet_jax import onednn
+  if not onednn.available():
+    pytest.skip(f"no native batch norm here: {onednn.unavailable_reason()}")
+  r = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "bn_microbench.py"), "--rows=512",
+                      "--channels=32", "--hw=64", "--repeats=3", "--json"], capture_output=True, text=True, timeout=300)
+  assert r.returncode == 0, r.stderr[-2000:]
+  rows = [json.loads(line) for line in r.stdout.strip().splitlines()]
+  assert [x["dtype"] for x in rows] == ["float32", "bfloat16"]
+  assert all(x["fwd_ms"] > 0 and x["bwd_ms"] > 0 and x["rows"] == 512 for x in rows)
