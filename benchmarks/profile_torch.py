@@ -94,6 +94,27 @@ def side_by_side(torch_profile: dict, ours: dict) -> dict:
           "ratio_ceiling_convs_only": torch_profile["step_ms"] / conv if conv > 0 else float("inf")}
 
 
+def stock_reexec_env(environ: dict[str, str]) -> dict[str, str] | None:
+  """The environment to re-execute in for --torch-env=stock, or None when `environ` is stock already."""
+  from regnet_jax import runtime
+  stock = runtime.stock_env(environ)
+  return None if stock == environ else stock
+
+
+def _use_env(name: str) -> None:
+  """Re-executes this script under the environment `name` before torch is imported, if it is not already in it."""
+  import os
+  from regnet_jax import runtime
+  if name == "same":
+    runtime.reexec_with_allocator()
+    return
+  env = stock_reexec_env(dict(os.environ))
+  if env is not None:
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execve(sys.executable, [sys.executable] + sys.orig_argv[1:], env)
+
+
 def main(argv=None) -> int:
   p = argparse.ArgumentParser(prog="python benchmarks/profile_torch.py", description=__doc__.split("\n")[0])
   step_args.add_step_args(p)
@@ -103,7 +124,13 @@ def main(argv=None) -> int:
   p.add_argument("--top", type=int, default=20, help="ops to print")
   p.add_argument("--ours", default="", help="profile_step.py --json output of the same configuration")
   p.add_argument("--json", default="", help="also write the full summary here")
+  p.add_argument("--torch-env", choices=("same", "stock"), default="same",
+                 help="same: under regnet_jax's allocator settings (runtime.py), as profile_step.py runs ours; stock: "
+                      "without them. bench --compare-torch keeps the faster of the two per round; on the 2026-12-07 "
+                      "evening machine PyTorch's regnetx_400mf bf16 step ran at 77-107 img/s stock, 123-131 same")
   a = p.parse_args(argv)
+  if argv is None:  # a command line, not a test calling main(): the process environment is ours to set
+    _use_env(a.torch_env)
   ours = None
   if a.ours:
     with open(a.ours) as f:
@@ -119,7 +146,7 @@ def main(argv=None) -> int:
                                          channels=a.channels, num_classes=a.num_classes, mode=a.mode, bf16=a.bf16)
   out = profile(step, a.steps, a.warmup)
   out.update(model=a.model, batch_size=a.batch_size, image_size=a.image_size, bf16=a.bf16, mode=a.mode,
-             steps=a.steps, impl=impl)
+             steps=a.steps, impl=impl, torch_env=a.torch_env)
   print(f"{impl} {a.model} b{a.batch_size} {a.image_size}px {a.mode}: {out['step_ms']:.1f} ms/step profiled, "
         f"{out['in_ops_ms']:.1f} ms in aten ops (self time)")
   print(f"\n{'op':44s} {'bucket':12s} {'ms/step':>8s} {'calls':>6s}")

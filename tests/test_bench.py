@@ -234,6 +234,16 @@ def test_profile_torch_buckets_both_sides_alike():
   assert s["ratio_now"] == 2.0 and s["ratio_ceiling_convs_only"] == 4.0
 
 
+def test_profile_torch_stock_env_drops_only_our_allocator_settings():
+  from regnet_jax import runtime
+  pt = _load_script("profile_torch")
+  ours = {"LD_PRELOAD": f"/x/libother.so /cache/{runtime.BLOCK_CACHE_NAME}",
+          "GLIBC_TUNABLES": f"{runtime.HUGETLB_TUNABLE}:glibc.pthread.rseq=0", "HOME": "/root"}
+  assert pt.stock_reexec_env(ours) == {"LD_PRELOAD": "/x/libother.so", "GLIBC_TUNABLES": "glibc.pthread.rseq=0",
+                                       "HOME": "/root"}
+  assert pt.stock_reexec_env({"HOME": "/root"}) is None  # already stock: no re-exec, so no loop
+
+
 def test_profile_torch_profiles_the_reference_step(tmp_path):
   pytest.importorskip("torch")
   pt = _load_script("profile_torch")
