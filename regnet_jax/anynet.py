@@ -142,7 +142,9 @@ class AnyNet(nn.Module):
     nhwc = onednn.from_blocked if blocked else (lambda a: a)
     trunk = dict(common, blocked=True) if blocked else common
     x = layers.Stem(stem_type=spec.stem_type, width=spec.stem_w, name="stem", **trunk)(x.astype(self.dtype))
-    maps = [nhwc(x)]  # plain NHWC whatever the layout; under jit the conversions nobody reads are dropped
+    # Plain NHWC whatever the layout (the blocked trunk's activations are (y, y_twin) pairs, layers._Layers); under
+    # jit the conversions nobody reads are dropped.
+    maps = [nhwc(layers.primary(x))]
     self.sow("intermediates", "stem_out", maps[-1])
     block_cls = layers.BLOCKS[spec.block_type]
     for i, stage in enumerate(spec.stages, start=1):
@@ -157,7 +159,7 @@ class AnyNet(nn.Module):
       else:
         for j in range(2, stage.depth + 1):
           x = block_cls(stride=1, name=f"s{i}_b{j}", **kwargs)(x)
-      maps.append(nhwc(x))
+      maps.append(nhwc(layers.primary(x)))
       self.sow("intermediates", f"s{i}_out", maps[-1])
     if output == "maps":
       return [maps[i] for i in resolve_out_indices(spec, self.out_indices)]

@@ -65,31 +65,43 @@ def _forward(x3, scale, bias, res3, epsilon, relu, layout):
 
 
 # layout: (x_blocked, y_blocked, H*W); the (G, R, C) arrays hold the blocked data as raw reshapes.
-@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6))
-def _bn(x3, scale, bias, res3, epsilon, relu, layout):
-  return _forward(x3, scale, bias, res3, epsilon, relu, layout)
+# twin: return y twice, (y, y, mean, var). A value used twice gets two cotangents, which JAX sums in a separate
+# pass over the activation before they reach the backward; as two outputs, each use's cotangent arrives apart and
+# the backward kernel sums them as it reads them (RegnetBnBwd2 / RegnetBnBwdResidual2).
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6, 7))
+def _bn(x3, scale, bias, res3, epsilon, relu, layout, twin):
+  y, mean, var = _forward(x3, scale, bias, res3, epsilon, relu, layout)
+  return (y, y, mean, var) if twin else (y, mean, var)
 
 
-def _bn_fwd(x3, scale, bias, res3, epsilon, relu, layout):
+def _bn_fwd(x3, scale, bias, res3, epsilon, relu, layout, twin):
   # symbolic_zeros=True hands the primals over wrapped; None (no residual) has no leaves and stays None.
   x3, scale, bias = x3.value, scale.value, bias.value
   res3 = None if res3 is None else res3.value
   y, mean, var = _forward(x3, scale, bias, res3, epsilon, relu, layout)
   # Without a residual the backward recomputes the ReLU mask from x, so y is not kept for it.
-  return (y, mean, var), (x3, y if res3 is not None else None, mean, var, scale, bias)
+  out = (y, y, mean, var) if twin else (y, mean, var)
+  return out, (x3, y if res3 is not None else None, mean, var, scale, bias)
 
 
-def _bn_bwd(epsilon, relu, layout, saved, cts):
+def _bn_bwd(epsilon, relu, layout, twin, saved, cts):
   x3, y, mean, var, scale, bias = saved
   has_res = y is not None
-  dy, dmean, dvar = cts
+  if twin:
+    dy, dy2, dmean, dvar = cts
+    if isinstance(dy, SymbolicZero):  # one use left unused (the last block's twin): a one-part gradient
+      dy, dy2 = dy2, dy
+    dy2 = None if isinstance(dy2, SymbolicZero) else dy2.astype(x3.dtype)
+  else:
+    (dy, dmean, dvar), dy2 = cts, None
   dy = jnp.zeros_like(x3) if isinstance(dy, SymbolicZero) else dy.astype(x3.dtype)
   out = [jax.ShapeDtypeStruct(x3.shape, x3.dtype), jax.ShapeDtypeStruct(scale.shape, jnp.float32),
          jax.ShapeDtypeStruct(scale.shape, jnp.float32)]
   if has_res:
     out.append(jax.ShapeDtypeStruct(x3.shape, x3.dtype))
-  name = "RegnetBnBwdResidual" if has_res else "RegnetBnBwd"
-  args = (x3, y, dy, mean, var, scale) if has_res else (x3, dy, mean, var, scale, bias)
+  name = ("RegnetBnBwdResidual" if has_res else "RegnetBnBwd") + ("2" if dy2 is not None else "")
+  dys = (dy,) if dy2 is None else (dy, dy2)
+  args = (x3, y, *dys, mean, var, scale) if has_res else (x3, *dys, mean, var, scale, bias)
   grads = jax.ffi.ffi_call(_target(name), out, vmap_method="sequential")(*args, eps=np.float32(epsilon),
                                                                           relu=bool(relu), **_layout_attrs(layout))
   dx, dscale, dbias = grads[:3]
@@ -112,9 +124,12 @@ _bn.defvjp(_bn_fwd, _bn_bwd, symbolic_zeros=True)
 
 
 def batch_norm_act(xg, scale, bias, residual=None, *, epsilon: float, relu: bool, x_blocked: bool = False,
-                   y_blocked: bool = False):
+                   y_blocked: bool = False, twin: bool = False):
   """relu?(batch_norm(xg) + residual?) for xg (groups, batch, ..., C), statistics per group over all axes but
   the first and last; returns (y like xg, mean (groups, C), biased var (groups, C)), statistics float32.
+
+  twin: returns ((y, y_twin), mean, var), two copies of y for its two consumers, so that the backward pass sums
+  their gradients inside the kernel instead of in a separate pass (see _bn). Values are identical.
 
   x_blocked: xg is (groups, batch, C // 16, H, W, 16), oneDNN's nChw16c (regnet_jax.onednn.to_blocked);
   y_blocked: y (and the residual) in that layout. A change of layout costs nothing: the kernels read and write
@@ -145,6 +160,9 @@ def batch_norm_act(xg, scale, bias, residual=None, *, epsilon: float, relu: bool
   x3 = xg.reshape(g, xg.shape[1] * hw, c)
   res3 = None if residual is None else residual.astype(xg.dtype).reshape(x3.shape)
   layout = (bool(x_blocked), bool(y_blocked), int(hw))
-  y, mean, var = _bn(x3, scale.astype(jnp.float32), bias.astype(jnp.float32), res3, float(epsilon), bool(relu),
-                     layout)
-  return y.reshape(y_shape), mean, var
+  outs = _bn(x3, scale.astype(jnp.float32), bias.astype(jnp.float32), res3, float(epsilon), bool(relu), layout,
+             bool(twin))
+  mean, var = outs[-2:]
+  if twin:
+    return (outs[0].reshape(y_shape), outs[1].reshape(y_shape)), mean, var
+  return outs[0].reshape(y_shape), mean, var

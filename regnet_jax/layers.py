@@ -136,9 +136,12 @@ class BatchNorm(nn.Module):
   param_dtype: Dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x, residual=None, relu: bool = False, *, x_blocked: bool = False, y_blocked: bool = False):
+  def __call__(self, x, residual=None, relu: bool = False, *, x_blocked: bool = False, y_blocked: bool = False,
+               twin: bool = False):
     """x_blocked / y_blocked: x / the result (and the residual) in oneDNN's nChw16c layout (N, C // 16, H, W,
-    16) instead of NHWC; training with the native batch norm only (regnet_jax.batchnorm_cpu.batch_norm_act)."""
+    16) instead of NHWC; training with the native batch norm only (regnet_jax.batchnorm_cpu.batch_norm_act).
+    twin: returns (y, y), the same values, for a result with two consumers: with the native BN their gradients
+    are then summed inside its backward kernel rather than in a pass of their own (batchnorm_cpu._bn)."""
     c = x.shape[1] * x.shape[-1] if x_blocked else x.shape[-1]
     scale = self.param("scale", nn.initializers.ones, (c,), self.param_dtype).astype(jnp.float32)
     bias = self.param("bias", nn.initializers.zeros, (c,), self.param_dtype).astype(jnp.float32)
@@ -150,7 +153,8 @@ class BatchNorm(nn.Module):
     if self.use_running_average:
       mul = scale * jax.lax.rsqrt(ra_var.value + self.epsilon)
       y = (x - ra_mean.value.astype(self.dtype)) * mul.astype(self.dtype) + bias.astype(self.dtype)
-      return _add_relu(y, residual, relu)
+      y = _add_relu(y, residual, relu)
+      return (y, y) if twin else y
 
     g = self.num_groups
     if x.shape[0] % g:
@@ -160,17 +164,24 @@ class BatchNorm(nn.Module):
     if batchnorm_cpu.resolve_impl(self.impl, x.dtype) == "native":
       rg = None if residual is None else residual.reshape(xg.shape)
       y, mean, var = batchnorm_cpu.batch_norm_act(xg, scale, bias, rg, epsilon=self.epsilon, relu=relu,
-                                                  x_blocked=x_blocked, y_blocked=y_blocked)
+                                                  x_blocked=x_blocked, y_blocked=y_blocked, twin=twin)
     else:
       y, mean, var = _batch_norm_train(xg, scale.astype(stat_dtype), bias.astype(stat_dtype), self.epsilon)
       y = _add_relu(y.reshape(x.shape), residual, relu)
+      y = (y, y) if twin else y
     if not self.is_initializing():
       n = xg.size // (g * c)
       unbiased = var * (n / max(n - 1, 1))
       m = self.momentum
       ra_mean.value = m * ra_mean.value + (1 - m) * jnp.mean(mean, axis=tuple(range(mean.ndim - 1)))
       ra_var.value = m * ra_var.value + (1 - m) * jnp.mean(unbiased, axis=tuple(range(var.ndim - 1)))
-    return y.reshape(x.shape) if not blocked else y.reshape((x.shape[0],) + y.shape[2:])
+    shape = x.shape if not blocked else (x.shape[0],) + (y[0] if twin else y).shape[2:]
+    return (y[0].reshape(shape), y[1].reshape(shape)) if twin else y.reshape(shape)
+
+
+def primary(x):
+  """The array of an activation that may be a (y, y_twin) pair (the blocked trunk's, see _Layers.blocked)."""
+  return x[0] if isinstance(x, tuple) else x
 
 
 def _add_relu(y, residual, relu):
@@ -213,7 +224,10 @@ class _Layers(nn.Module):
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
   # Activations between modules in oneDNN's blocked layout (N, C // 16, H, W, 16) (network_blocked): the stem
-  # returns it, bottleneck blocks take and return it, the head takes it.
+  # returns it, bottleneck blocks take and return it, the head takes it. There the stem and blocks return a pair
+  # (y, y_twin) of equal arrays: the next block reads y in its first conv and y_twin in its shortcut, so that the
+  # two gradients meet in the BN backward that made y (BatchNorm's twin) instead of in a separate add, 5-6% of
+  # an f32 regnetx32 / regnetx_400mf train step (README "Performance").
   blocked: bool = False
 
   def conv(self, features, k, name, *, stride=1, groups=1, use_bias=False):
@@ -229,10 +243,10 @@ class _Layers(nn.Module):
     free (convs `onednn_blocked`): training with the native BN, and convs.blocked_layout."""
     return _blocked_ok(self.train, self.conv_impl, self.bn_impl, self.dtype, channels, group_widths)
 
-  def conv_bn_blocked(self, x, features, k, name, *, stride=1, groups=1, relu=True, residual=None):
-    """conv_bn with x, the residual and the result in the blocked layout."""
+  def conv_bn_blocked(self, x, features, k, name, *, stride=1, groups=1, relu=True, residual=None, twin=False):
+    """conv_bn with x, the residual and the result in the blocked layout; twin: the result as a pair."""
     y = self.conv(features, k, name, stride=stride, groups=groups)(x, blocked=True)
-    return self.bn(f"{name}_bn")(y, residual=residual, relu=relu, x_blocked=True, y_blocked=True)
+    return self.bn(f"{name}_bn")(y, residual=residual, relu=relu, x_blocked=True, y_blocked=True, twin=twin)
 
   def conv_bn(self, x, features, k, name, *, stride=1, groups=1, relu=True, residual=None, bn_name=None):
     """relu?(bn(conv(x)) + residual?); the BN module is `bn_name`, default f"{name}_bn"."""
@@ -276,7 +290,7 @@ class Stem(_Layers):
     if self.blocked and self.stem_type == "res":
       raise ValueError("the blocked layout takes the simple or cifar stem (no max-pool)")
     if self.blocked:
-      x = self.bn("bn")(self.conv(self.width, k, "conv", stride=stride)(x), relu=True, y_blocked=True)
+      x = self.bn("bn")(self.conv(self.width, k, "conv", stride=stride)(x), relu=True, y_blocked=True, twin=True)
     else:
       x = self.conv_bn(x, self.width, k, "conv", stride=stride, bn_name="bn")
     if self.stem_type == "res":
@@ -353,7 +367,7 @@ class BottleneckBlock(_Residual):
 
   @nn.compact
   def __call__(self, x):
-    w_in = x.shape[1] * x.shape[-1] if self.blocked else x.shape[-1]
+    w_in = x[0].shape[1] * x[0].shape[-1] if self.blocked else x.shape[-1]
     w_b = int(round(self.w_out * self.bot_mul))
     w_se = int(round(w_in * self.se_ratio))
     groups = w_b // self.group_w
@@ -373,16 +387,17 @@ class BottleneckBlock(_Residual):
     return self.conv_bn(y, self.w_out, 1, "c", residual=self.shortcut(x))
 
   def blocked_call(self, x, w_in, w_b, w_se, groups):
-    """The same block on blocked activations (network_blocked)."""
+    """The same block on blocked activations (network_blocked): x and the result are (y, y_twin) pairs."""
+    x, x_twin = x
     y = self.conv_bn_blocked(x, w_b, 1, "a")
     y = self.conv_bn_blocked(y, w_b, 3, "b", stride=self.stride, groups=groups)
     if w_se:
       y = SqueezeExcitation(w_se, conv_impl=self.conv_impl, dtype=self.dtype, param_dtype=self.param_dtype,
                             name="se")(y, blocked=True)
-    shortcut = x
+    shortcut = x_twin
     if w_in != self.w_out or self.stride != 1:
-      shortcut = self.conv_bn_blocked(x, self.w_out, 1, "proj", stride=self.stride, relu=False)
-    return self.conv_bn_blocked(y, self.w_out, 1, "c", residual=shortcut)
+      shortcut = self.conv_bn_blocked(x_twin, self.w_out, 1, "proj", stride=self.stride, relu=False)
+    return self.conv_bn_blocked(y, self.w_out, 1, "c", residual=shortcut, twin=True)
 
 
 BLOCKS = {"vanilla": VanillaBlock, "basic": BasicBlock, "bottleneck": BottleneckBlock}
@@ -397,6 +412,7 @@ class Head(_Layers):
   @nn.compact
   def __call__(self, x):
     if self.blocked:
+      x = primary(x)
       if self.head_w > 0:
         x = self.conv_bn_blocked(x, self.head_w, 1, "conv")
       x = jnp.mean(x.astype(jnp.float32), axis=(2, 3)).reshape(x.shape[0], -1)

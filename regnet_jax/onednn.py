@@ -45,7 +45,8 @@ from regnet_jax import runtime
 SOURCES = (Path(__file__).parent / "csrc" / "conv_onednn.cc", Path(__file__).parent / "csrc" / "batchnorm_cpu.cc")
 _TARGETS = {"fwd": "RegnetConvFwd", "bwd_data": "RegnetConvBwdData", "bwd_weights": "RegnetConvBwdWeights"}
 INFER_TARGETS = ("RegnetConvInfer", "RegnetConvInferResidual")
-BN_TARGETS = ("RegnetBnFwd", "RegnetBnFwdResidual", "RegnetBnBwd", "RegnetBnBwdResidual")
+BN_TARGETS = ("RegnetBnFwd", "RegnetBnFwdResidual", "RegnetBnBwd", "RegnetBnBwdResidual", "RegnetBnBwd2",
+              "RegnetBnBwdResidual2")
 _FFI_PREFIX = "regnet_jax_onednn_"
 DTYPES = (jnp.dtype(jnp.float32), jnp.dtype(jnp.bfloat16))
 

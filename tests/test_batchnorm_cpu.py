@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from regnet_jax import anynet, batchnorm_cpu, config as config_lib, layers, zoo
+from regnet_jax import anynet, batchnorm_cpu, config as config_lib, layers, onednn, zoo
 
 pytestmark = pytest.mark.skipif(not (sys.platform == "linux" and platform.machine() == "x86_64"),
                                 reason="the native kernels live in the oneDNN extension (x86-64 Linux only)")
@@ -118,6 +118,50 @@ def test_gradient_through_the_returned_statistics():
     return jnp.sum(jax.nn.relu(y) ** 2) + jnp.sum(jnp.sin(mean)) + jnp.sum(var * 3.0)
 
   np.testing.assert_allclose(jax.grad(native)(xg), jax.grad(reference)(xg), rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+@pytest.mark.parametrize("residual", [False, True])
+@pytest.mark.parametrize("blocked", [False, True])
+@pytest.mark.parametrize("used", ["both", "first", "second"])
+def test_twin_output_sums_both_gradients_in_the_kernel(dtype, residual, blocked, used):
+  """twin=True: y returned twice; the gradient of a loss using the two copies differently equals the gradient of
+  the same loss on one y used twice (JAX's own sum). With one copy unused, the one-part kernel runs."""
+  x, r = _inputs(7, shape=(4, 5, 6, 32), residual=residual)
+  s, b = jnp.linspace(0.5, 1.5, 32), jnp.linspace(-1.0, 1.0, 32)
+  w1 = jnp.cos(jnp.arange(x.size, dtype=jnp.float32)).reshape(x.shape)
+  w2 = jnp.sin(jnp.arange(x.size, dtype=jnp.float32) * 0.3).reshape(x.shape)
+  c1, c2 = float(used != "second"), float(used != "first")
+
+  def to_layout(a):
+    return onednn.to_blocked(a) if blocked else a
+
+  def loss(x, r, twin):
+    xs = to_layout(x.astype(dtype))[None]
+    rs = None if r is None else to_layout(r.astype(dtype))[None]
+    y, _, _ = batchnorm_cpu.batch_norm_act(xs, s, b, rs, epsilon=1e-5, relu=True, x_blocked=blocked,
+                                           y_blocked=blocked, twin=twin)
+    y1, y2 = y if twin else (y, y)
+    y1 = onednn.from_blocked(y1[0]) if blocked else y1[0]
+    y2 = onednn.from_blocked(y2[0]) if blocked else y2[0]
+    terms = []
+    if c1:
+      terms.append(jnp.sum(y1.astype(jnp.float32) * w1))
+    if c2:
+      terms.append(jnp.sum(jnp.square(y2.astype(jnp.float32)) * w2))
+    return sum(terms)
+
+  argnums = (0, 1) if residual else (0,)
+  got = jax.jit(jax.grad(lambda x, r: loss(x, r, True), argnums=argnums))(x, r)
+  want = jax.jit(jax.grad(lambda x, r: loss(x, r, False), argnums=argnums))(x, r)
+  tol = 1e-5 if dtype == jnp.float32 else 2e-2  # bf16: the kernel sums in f32, JAX rounds the sum to bf16 first
+  for g, w in zip(got, want):
+    assert np.abs(np.asarray(w)).max() > 0
+    assert _rel_err(np.asarray(g, np.float32), np.asarray(w, np.float32)) < tol
+  if used == "both":  # the fused kernel ran, and no separate add: one fewer pass over the activation
+    hlo = jax.jit(jax.grad(lambda x, r: loss(x, r, True), argnums=argnums)).lower(x, r).as_text()
+    name = "RegnetBnBwdResidual2" if residual else "RegnetBnBwd2"
+    assert name in hlo
 
 
 def test_resolve_impl():

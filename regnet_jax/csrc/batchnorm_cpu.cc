@@ -272,8 +272,11 @@ void Forward(const T* __restrict x, const float* scale, const float* bias, const
 
 // ReLU mask: with a residual from y (> 0 where the output is), else recomputed from x (one stream fewer to read).
 // The buffers are distinct (XLA aliases no output to an input here), hence __restrict.
-template <typename T, bool kRelu, bool kRes, bool kXB, bool kYB>
-void Backward(const T* __restrict x, const T* __restrict y, const T* __restrict dy, const float* mean_in,
+// kTwo: y had two consumers (a block's output feeds the next block's conv and its shortcut), so its gradient is
+// dy + dy2, summed here in float32 as it is read instead of in a separate XLA pass that writes the sum.
+template <typename T, bool kRelu, bool kRes, bool kXB, bool kYB, bool kTwo>
+void Backward(const T* __restrict x, const T* __restrict y, const T* __restrict dy, const T* __restrict dy2,
+              const float* mean_in,
               const float* var_in, const float* scale, const float* bias, T* __restrict dx, T* __restrict dres,
               float* dscale, float* dbias, int64_t groups, int64_t r, int64_t c, float eps, const Layout l) {
   int nt = omp_get_max_threads();
@@ -300,9 +303,11 @@ void Backward(const T* __restrict x, const T* __restrict y, const T* __restrict 
       const T* __restrict xs = x;
       const T* __restrict ys = y;
       const T* __restrict dys = dy;
+      const T* __restrict dy2s = dy2;
       T* __restrict dress = dres;
       auto grad = [=](int64_t ax, int64_t ay, int64_t j) {  // dy through the ReLU
         float gj = Load(dys, ay);
+        if constexpr (kTwo) gj += Load(dy2s, ay);
         if (kRelu) {
           bool on = kRes ? Load(ys, ay) > 0.f : PreActivation(Load(xs, ax), m[j], fs[j], fb[j]) > 0.f;
           gj = on ? gj : 0.f;  // a select, not a branch, so that the loop vectorises
@@ -410,7 +415,12 @@ struct Kernels {
   template <bool kRelu, bool kRes, bool kXB, bool kYB>
   struct Bwd {
     template <typename... A>
-    void operator()(A... args) const { Backward<T, kRelu, kRes, kXB, kYB>(args...); }
+    void operator()(A... args) const { Backward<T, kRelu, kRes, kXB, kYB, false>(args...); }
+  };
+  template <bool kRelu, bool kRes, bool kXB, bool kYB>
+  struct Bwd2 {
+    template <typename... A>
+    void operator()(A... args) const { Backward<T, kRelu, kRes, kXB, kYB, true>(args...); }
   };
 };
 
@@ -422,11 +432,17 @@ void ForwardDispatch(const T* x, const float* scale, const float* bias, const T*
 }
 
 template <typename T>
-void BackwardDispatch(const T* x, const T* y, const T* dy, const float* mean, const float* var, const float* scale,
-                      const float* bias, T* dx, T* dres, float* dscale, float* dbias, int64_t g, int64_t r, int64_t c,
-                      const Attrs& a, const Layout& l) {
-  auto run = [&](auto kernel) { kernel(x, y, dy, mean, var, scale, bias, dx, dres, dscale, dbias, g, r, c, a.eps, l); };
-  Pick<Kernels<T>::template Bwd>(run, a.relu, dres, a.x_blocked, a.y_blocked);
+void BackwardDispatch(const T* x, const T* y, const T* dy, const T* dy2, const float* mean, const float* var,
+                      const float* scale, const float* bias, T* dx, T* dres, float* dscale, float* dbias, int64_t g,
+                      int64_t r, int64_t c, const Attrs& a, const Layout& l) {
+  auto run = [&](auto kernel) {
+    kernel(x, y, dy, dy2, mean, var, scale, bias, dx, dres, dscale, dbias, g, r, c, a.eps, l);
+  };
+  if (dy2) {
+    Pick<Kernels<T>::template Bwd2>(run, a.relu, dres, a.x_blocked, a.y_blocked);
+  } else {
+    Pick<Kernels<T>::template Bwd>(run, a.relu, dres, a.x_blocked, a.y_blocked);
+  }
 }
 
 using F32 = ffi::Buffer<ffi::F32>;
@@ -454,15 +470,19 @@ ffi::Error Fwd(ffi::AnyBuffer x, F32 scale, F32 bias, const ffi::AnyBuffer* res,
   return ffi::Error::Success();
 }
 
-ffi::Error Bwd(ffi::AnyBuffer x, const ffi::AnyBuffer* y, ffi::AnyBuffer dy, F32 mean, F32 var, F32 scale,
-               const float* bias, ffi::Result<ffi::AnyBuffer> dx, ffi::Result<F32> dscale, ffi::Result<F32> dbias,
-               ffi::AnyBuffer* dres, const Attrs& a) {
+ffi::Error Bwd(ffi::AnyBuffer x, const ffi::AnyBuffer* y, ffi::AnyBuffer dy, const ffi::AnyBuffer* dy2, F32 mean,
+               F32 var, F32 scale, const float* bias, ffi::Result<ffi::AnyBuffer> dx, ffi::Result<F32> dscale,
+               ffi::Result<F32> dbias, ffi::AnyBuffer* dres, const Attrs& a) {
   int64_t g, r, c;
   Layout l;
   if (auto e = Dims(x, a, &g, &r, &c, &l); e.failure()) return e;
+  if (dy2 && (dy2->element_type() != dy.element_type() || dy2->element_count() != dy.element_count())) {
+    return ffi::Error::InvalidArgument("regnet_jax batch norm: dy2 must have dy's dtype and shape");
+  }
   WithStorageType(x, [&](auto tag) {
     using T = decltype(tag);
-    BackwardDispatch(Data<T>(x), y ? Data<T>(*y) : nullptr, Data<T>(dy), mean.typed_data(), var.typed_data(),
+    BackwardDispatch(Data<T>(x), y ? Data<T>(*y) : nullptr, Data<T>(dy), dy2 ? Data<T>(*dy2) : nullptr,
+                     mean.typed_data(), var.typed_data(),
                      scale.typed_data(), bias, Data<T>(*dx), dres ? Data<T>(*dres) : nullptr, dscale->typed_data(),
                      dbias->typed_data(), g, r, c, a, l);
   });
@@ -483,7 +503,14 @@ ffi::Error BnFwdResidual(ffi::AnyBuffer x, F32 scale, F32 bias, ffi::AnyBuffer r
 ffi::Error BnBwd(ffi::AnyBuffer x, ffi::AnyBuffer dy, F32 mean, F32 var, F32 scale, F32 bias,
                  ffi::Result<ffi::AnyBuffer> dx, ffi::Result<F32> dscale, ffi::Result<F32> dbias, float eps,
                  bool relu, bool x_blocked, bool y_blocked, int64_t hw) {
-  return Bwd(x, nullptr, dy, mean, var, scale, bias.typed_data(), dx, dscale, dbias, nullptr,
+  return Bwd(x, nullptr, dy, nullptr, mean, var, scale, bias.typed_data(), dx, dscale, dbias, nullptr,
+             Attrs{eps, relu, x_blocked, y_blocked, hw});
+}
+
+ffi::Error BnBwd2(ffi::AnyBuffer x, ffi::AnyBuffer dy, ffi::AnyBuffer dy2, F32 mean, F32 var, F32 scale, F32 bias,
+                  ffi::Result<ffi::AnyBuffer> dx, ffi::Result<F32> dscale, ffi::Result<F32> dbias, float eps,
+                  bool relu, bool x_blocked, bool y_blocked, int64_t hw) {
+  return Bwd(x, nullptr, dy, &dy2, mean, var, scale, bias.typed_data(), dx, dscale, dbias, nullptr,
              Attrs{eps, relu, x_blocked, y_blocked, hw});
 }
 
@@ -491,7 +518,15 @@ ffi::Error BnBwdResidual(ffi::AnyBuffer x, ffi::AnyBuffer y, ffi::AnyBuffer dy, 
                          ffi::Result<ffi::AnyBuffer> dx, ffi::Result<F32> dscale, ffi::Result<F32> dbias,
                          ffi::Result<ffi::AnyBuffer> dres, float eps, bool relu, bool x_blocked, bool y_blocked,
                          int64_t hw) {
-  return Bwd(x, &y, dy, mean, var, scale, nullptr, dx, dscale, dbias, &(*dres),
+  return Bwd(x, &y, dy, nullptr, mean, var, scale, nullptr, dx, dscale, dbias, &(*dres),
+             Attrs{eps, relu, x_blocked, y_blocked, hw});
+}
+
+ffi::Error BnBwdResidual2(ffi::AnyBuffer x, ffi::AnyBuffer y, ffi::AnyBuffer dy, ffi::AnyBuffer dy2, F32 mean,
+                          F32 var, F32 scale, ffi::Result<ffi::AnyBuffer> dx, ffi::Result<F32> dscale,
+                          ffi::Result<F32> dbias, ffi::Result<ffi::AnyBuffer> dres, float eps, bool relu,
+                          bool x_blocked, bool y_blocked, int64_t hw) {
+  return Bwd(x, &y, dy, &dy2, mean, var, scale, nullptr, dx, dscale, dbias, &(*dres),
              Attrs{eps, relu, x_blocked, y_blocked, hw});
 }
 
@@ -514,3 +549,10 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(RegnetBnBwd, BnBwd,
 XLA_FFI_DEFINE_HANDLER_SYMBOL(RegnetBnBwdResidual, BnBwdResidual,
     ffi::Ffi::Bind().Arg<AnyBuffer>().Arg<AnyBuffer>().Arg<AnyBuffer>().Arg<F32>().Arg<F32>().Arg<F32>()
         .Ret<AnyBuffer>().Ret<F32>().Ret<F32>().Ret<AnyBuffer>().REGNET_BN_ATTRS);
+// The same with y's gradient in two parts (dy + dy2), see Backward's kTwo.
+XLA_FFI_DEFINE_HANDLER_SYMBOL(RegnetBnBwd2, BnBwd2,
+    ffi::Ffi::Bind().Arg<AnyBuffer>().Arg<AnyBuffer>().Arg<AnyBuffer>().Arg<F32>().Arg<F32>().Arg<F32>().Arg<F32>()
+        .Ret<AnyBuffer>().Ret<F32>().Ret<F32>().REGNET_BN_ATTRS);
+XLA_FFI_DEFINE_HANDLER_SYMBOL(RegnetBnBwdResidual2, BnBwdResidual2,
+    ffi::Ffi::Bind().Arg<AnyBuffer>().Arg<AnyBuffer>().Arg<AnyBuffer>().Arg<AnyBuffer>().Arg<F32>().Arg<F32>()
+        .Arg<F32>().Ret<AnyBuffer>().Ret<F32>().Ret<F32>().Ret<AnyBuffer>().REGNET_BN_ATTRS);
